@@ -1,0 +1,101 @@
+"""Describe an official LTX-2 checkpoint and, optionally, load its components and run each once.
+
+python -m ltx2_tuner.cli.inspect_checkpoint ltx-2-19b-dev.safetensors [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ltx2_tuner.cli._common import run
+from ltx2_tuner.models import COMPONENTS, CheckpointInfo, load_component, read_checkpoint_info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ltx2_tuner.cli.inspect_checkpoint", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("checkpoint", type=Path, help="official unified .safetensors file (LTX-2 or LTX-2.3)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="load every component (fp32, CPU) and run it once on random inputs; meant for small checkpoints",
+    )
+    return parser
+
+
+def describe(info: CheckpointInfo) -> str:
+    lines = [f"{info.path}: LTX-{info.version} (model_version {info.model_version or 'not recorded'})"]
+    for component in COMPONENTS:
+        if component in info.components:
+            size_mb = info.component_bytes(component) / 2**20
+            lines.append(f"  {component:<16} {len(info.tensor_names[component]):>6} tensors {size_mb:>10.1f} MiB")
+        else:
+            lines.append(f"  {component:<16} absent")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def check_component(info: CheckpointInfo, component: str) -> str:
+    """Load one component and run it once on random inputs; return a line with the shapes it produced."""
+    module = load_component(info, component, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    if component == "video_vae":
+        frames = torch.rand(1, 3, 9, 64, 64, generator=generator) * 2 - 1  # [B, C, F, H, W] in [-1, 1]
+        latents = module.encode(frames).latent_dist.mode()
+        decoded = module.decode(latents).sample
+        return f"frames {list(frames.shape)} -> latents {list(latents.shape)} -> frames {list(decoded.shape)}"
+    if component == "audio_vae":
+        mel = torch.randn(1, 2, 101, 64, generator=generator)  # [B, stereo, mel frames, mel bins]: ~1 s
+        latents = module.encode(mel).latent_dist.mode()
+        return f"log-mel {list(mel.shape)} -> latents {list(latents.shape)} -> mel {list(module.decode(latents).sample.shape)}"
+    if component == "vocoder":
+        mel = torch.randn(1, 2, 25, 64, generator=generator)
+        return f"mel {list(mel.shape)} -> waveform {list(module(mel).shape)} at {module.config.output_sampling_rate} Hz"
+    if component == "text_connectors":
+        features = module.config.caption_channels * module.config.text_proj_in_factor
+        hidden = torch.randn(1, 256, features, generator=generator)
+        mask = torch.ones(1, 256, dtype=torch.long)
+        mask[:, :200] = 0  # left padding
+        video, audio, _ = module(hidden, mask)
+        return f"Gemma features {list(hidden.shape)} -> video context {list(video.shape)}, audio {list(audio.shape)}"
+    # transformer: 2 latent frames of 2x2 at 24 fps, 1 s of audio latents
+    config = module.config
+    context_dim = config.caption_channels if config.use_prompt_embeddings else config.cross_attention_dim
+    audio_context_dim = config.caption_channels if config.use_prompt_embeddings else config.audio_cross_attention_dim
+    video_v, audio_v = module(
+        hidden_states=torch.randn(1, 8, config.in_channels, generator=generator),
+        audio_hidden_states=torch.randn(1, 25, config.audio_in_channels, generator=generator),
+        encoder_hidden_states=torch.randn(1, 16, context_dim, generator=generator),
+        audio_encoder_hidden_states=torch.randn(1, 16, audio_context_dim, generator=generator),
+        timestep=torch.tensor([500.0]),  # sigma 0.5, scaled by 1000 as diffusers expects
+        sigma=torch.tensor([500.0]),
+        num_frames=2,
+        height=2,
+        width=2,
+        fps=24.0,
+        audio_num_frames=25,
+        return_dict=False,
+    )
+    return f"video tokens [1, 8, 128] -> velocity {list(video_v.shape)}; audio [1, 25, 128] -> {list(audio_v.shape)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    info = read_checkpoint_info(args.checkpoint)
+    print(describe(info))
+    if args.check:
+        for component in info.components:
+            start = time.perf_counter()
+            line = check_component(info, component)
+            print(f"  check {component:<16} {line} ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

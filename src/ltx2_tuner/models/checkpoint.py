@@ -1,0 +1,215 @@
+"""The official unified LTX-2 checkpoint: what is in it, which version it is, where each component's tensors are.
+
+An official file (`ltx-2-19b-dev.safetensors`, `ltx-2.3-22b-dev.safetensors`) holds the transformer, the text
+connectors and projections, the video VAE, the audio VAE and the vocoder, plus safetensors metadata: `config`
+(JSON with sections `transformer`, `vae`, `audio_vae`, `vocoder`, `scheduler`) and `model_version`.
+Facts: ../shared/reference/official-ltx-trainer.md §3.1-3.3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ltx2_tuner.errors import CheckpointError
+from ltx2_tuner.models.key_maps import (
+    AUDIO_VAE_KEYS,
+    CONNECTOR_PREFIXES,
+    TRANSFORMER_KEYS,
+    VIDEO_VAE_KEYS,
+    VOCODER_KEYS,
+)
+from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header
+
+COMPONENTS = ("transformer", "text_connectors", "video_vae", "audio_vae", "vocoder")
+SUPPORTED_VERSIONS = ("2.0", "2.3")
+
+# Which metadata `config` section describes each component.
+CONFIG_SECTION = {
+    "transformer": "transformer",
+    "text_connectors": "transformer",
+    "video_vae": "vae",
+    "audio_vae": "audio_vae",
+    "vocoder": "vocoder",
+}
+
+_OFFICIAL_HINT = "pass the official unified checkpoint (e.g. ltx-2-19b-dev.safetensors or ltx-2.3-22b-dev.safetensors)"
+# Top-level names of diffusers-format LTX-2 component files (transformer, VAEs, connectors, vocoder).
+_DIFFUSERS_ROOTS = (
+    "proj_in.",
+    "audio_proj_in.",
+    "time_embed.",
+    "transformer_blocks.",
+    "video_connector.",
+    "text_proj_in.",
+    "video_text_proj_in.",
+    "latents_mean",
+    "conv_in.",
+    "upsamplers.",
+    "bwe_generator.",
+)
+
+
+def component_of(official_key: str) -> str | None:
+    """The component an official tensor name belongs to, or None for tensors we do not use."""
+    if official_key.startswith(CONNECTOR_PREFIXES):
+        return "text_connectors"
+    for component, key_map in (
+        ("transformer", TRANSFORMER_KEYS),
+        ("video_vae", VIDEO_VAE_KEYS),
+        ("audio_vae", AUDIO_VAE_KEYS),
+        ("vocoder", VOCODER_KEYS),
+    ):
+        if key_map.owns(official_key):
+            return component
+    return None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What `read_checkpoint_info` found. `configs` holds the official metadata sections, untranslated."""
+
+    path: Path
+    version: str  # "2.0" or "2.3": the model family, which decides architecture variants
+    model_version: str | None  # the metadata string as written, e.g. "2.3.0"
+    components: tuple[str, ...]
+    configs: dict[str, dict]
+    tensor_names: dict[str, tuple[str, ...]] = field(repr=False)
+    header: SafetensorsHeader = field(repr=False)
+
+    def component_bytes(self, component: str) -> int:
+        return sum(self.header.tensors[name].nbytes for name in self.tensor_names.get(component, ()))
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the file's content layout and metadata cheaply (header hash + size), for cache stamps."""
+        digest = hashlib.sha256(self.header.header_bytes)
+        digest.update(str(self.path.stat().st_size).encode())
+        return digest.hexdigest()[:16]
+
+    def require(self, component: str) -> None:
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown component {component!r}; choose one of {COMPONENTS}")
+        if component not in self.components:
+            prefixes = _prefixes_text(component)
+            raise CheckpointError(
+                f"{self.path}: has no {component.replace('_', ' ')} weights ({prefixes}); {_OFFICIAL_HINT} "
+                "or the file that holds this component"
+            )
+        section = CONFIG_SECTION[component]
+        if section not in self.configs:
+            raise CheckpointError(
+                f"{self.path}: metadata `config` has no `{section}` section for the {component.replace('_', ' ')}; "
+                f"{_OFFICIAL_HINT}"
+            )
+
+
+def _prefixes_text(component: str) -> str:
+    return {
+        "transformer": "model.diffusion_model.*",
+        "text_connectors": "model.diffusion_model.video_embeddings_connector.*, "
+        "model.diffusion_model.audio_embeddings_connector.*, text_embedding_projection.*",
+        "video_vae": "vae.*",
+        "audio_vae": "audio_vae.*",
+        "vocoder": "vocoder.*",
+    }[component]
+
+
+def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Open an official LTX-2 checkpoint lazily (header only) and describe it.
+
+    Raises CheckpointError, with the file, the problem and the fix, for anything that is not a complete official
+    LTX-2.0 / LTX-2.3 unified checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir() and ((path / "model_index.json").exists() or (path / "transformer").is_dir()):
+        raise CheckpointError(f"{path}: is a diffusers-format model directory; {_OFFICIAL_HINT}")
+    header = read_header(path)
+
+    tensor_names: dict[str, list[str]] = {}
+    for name in header.tensors:
+        component = component_of(name)
+        if component is not None:
+            tensor_names.setdefault(component, []).append(name)
+
+    raw_config = header.metadata.get("config")
+    if raw_config is None:
+        raise CheckpointError(_explain_missing_config(path, header, tensor_names))
+    try:
+        config = json.loads(raw_config)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: metadata `config` is not valid JSON; {_OFFICIAL_HINT}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("transformer"), dict):
+        raise CheckpointError(f"{path}: metadata `config` has no `transformer` section; {_OFFICIAL_HINT}")
+    if not any(section in config for section in ("vae", "audio_vae", "vocoder")):
+        raise CheckpointError(
+            f"{path}: is a split (per-component) checkpoint: its `config` describes only the transformer; "
+            f"{_OFFICIAL_HINT}"
+        )
+
+    model_version = header.metadata.get("model_version")
+    version = _detect_version(path, config, model_version, header.metadata)
+    components = tuple(c for c in COMPONENTS if tensor_names.get(c))
+    return CheckpointInfo(
+        path=path,
+        version=version,
+        model_version=model_version,
+        components=components,
+        configs={k: v for k, v in config.items() if isinstance(v, dict)},
+        tensor_names={k: tuple(v) for k, v in tensor_names.items()},
+        header=header,
+    )
+
+
+def _explain_missing_config(path: Path, header: SafetensorsHeader, tensor_names: dict[str, list[str]]) -> str:
+    names = list(header.tensors)
+    if names and all(not component_of(n) for n in names) and any(n.startswith(_DIFFUSERS_ROOTS) for n in names):
+        return (
+            f"{path}: is a diffusers-format component file (tensor names like {names[0]!r}), not an official "
+            f"checkpoint; {_OFFICIAL_HINT}"
+        )
+    present = [c for c in COMPONENTS if tensor_names.get(c)]
+    if present and len(present) < len(COMPONENTS):
+        return (
+            f"{path}: is a split/ComfyUI component file (only {', '.join(present)} weights and no `config` "
+            f"metadata); {_OFFICIAL_HINT}"
+        )
+    return (
+        f"{path}: has no `config` metadata, so it is not an official LTX-2 checkpoint (or was re-saved without "
+        f"its metadata); {_OFFICIAL_HINT}"
+    )
+
+
+def _parse_version(text: str) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(part) for part in text.strip().split(".")[:3])
+    except ValueError:
+        return None
+
+
+def _detect_version(path: Path, config: dict, model_version: str | None, metadata: dict[str, str]) -> str:
+    transformer = config["transformer"]
+    parsed = _parse_version(model_version) if model_version else None
+    if (parsed and parsed[:2] >= (2, 4)) or "gemma_source_checkpoint" in metadata:
+        raise CheckpointError(
+            f"{path}: is LTX-2.5 (model_version {model_version}), which ltx2-tuner does not support yet; "
+            "use an LTX-2 (19B) or LTX-2.3 (22B) checkpoint"
+        )
+    if (parsed and parsed[0] < 2) or "audio_num_attention_heads" not in transformer:
+        raise CheckpointError(
+            f"{path}: is an LTX-Video 0.9 checkpoint (no audio stream; model_version {model_version}); "
+            "ltx2-tuner trains LTX-2 and LTX-2.3 only"
+        )
+    # The architecture, not the version string, decides: LTX-2.3 moved the caption projection before the
+    # connectors and added prompt AdaLN and gated attention.
+    is_2_3 = bool(transformer.get("caption_proj_before_connector") or transformer.get("cross_attention_adaln"))
+    version = "2.3" if is_2_3 else "2.0"
+    if parsed and parsed[:2] == (2, 3) and version != "2.3":
+        raise CheckpointError(
+            f"{path}: model_version says {model_version} but its `config` describes an LTX-2.0 transformer; "
+            "the metadata is inconsistent, download the checkpoint again"
+        )
+    return version

@@ -1,0 +1,205 @@
+"""Build diffusers modules for each component of an official LTX-2 checkpoint and load their weights.
+
+Modules are built with parameters on the meta device (buffers that the constructor computes, such as the
+vocoder's resampling filters, stay real), then each tensor of the requested component alone is read from disk,
+renamed, optionally cast, and assigned in place. RAM peaks near one copy of that component's weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Literal
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+
+from ltx2_tuner.errors import CheckpointError
+from ltx2_tuner.models import configs
+from ltx2_tuner.models.checkpoint import CONFIG_SECTION, CheckpointInfo, read_checkpoint_info
+from ltx2_tuner.models.key_maps import (
+    AUDIO_VAE_KEYS,
+    CONNECTOR_KEYS,
+    TRANSFORMER_KEYS,
+    VIDEO_VAE_KEYS,
+    VOCODER_KEYS,
+    KeyMap,
+)
+from ltx2_tuner.models.safetensors_io import read_tensors
+
+VaePart = Literal["both", "encoder", "decoder"]
+PathOrInfo = str | os.PathLike | CheckpointInfo
+
+KEY_MAPS: dict[str, KeyMap] = {
+    "transformer": TRANSFORMER_KEYS,
+    "text_connectors": CONNECTOR_KEYS,
+    "video_vae": VIDEO_VAE_KEYS,
+    "audio_vae": AUDIO_VAE_KEYS,
+    "vocoder": VOCODER_KEYS,
+}
+
+
+def _info(checkpoint: PathOrInfo) -> CheckpointInfo:
+    return checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint_info(checkpoint)
+
+
+def _shapes(info: CheckpointInfo, component: str) -> dict[str, tuple[int, ...]]:
+    return {name: info.header.tensors[name].shape for name in info.tensor_names[component]}
+
+
+def build_module(info: CheckpointInfo, component: str) -> nn.Module:
+    """The diffusers module of `component`, parameters on the meta device, configured from the checkpoint."""
+    info.require(component)
+    section = info.configs[CONFIG_SECTION[component]]
+    return construct_module(component, section, _shapes(info, component), where=str(info.path))
+
+
+def construct_module(
+    component: str,
+    section: dict,
+    shapes: dict[str, tuple[int, ...]],
+    where: str = "checkpoint",
+    empty: bool = True,
+) -> nn.Module:
+    """The diffusers module of `component` from its official config section and official tensor shapes.
+
+    With `empty`, parameters are created on the meta device (to be assigned from a file); otherwise they are
+    initialized on the CPU (the tiny-checkpoint factory).
+    """
+    from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+    from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder, LTX2VocoderWithBWE
+
+    with init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext():
+        if component == "transformer":
+            return LTX2VideoTransformer3DModel.from_config(configs.transformer_config(section, where))
+        if component == "text_connectors":
+            return LTX2TextConnectors.from_config(configs.connectors_config(section, shapes, where))
+        if component == "video_vae":
+            return AutoencoderKLLTX2Video.from_config(configs.video_vae_config(section, shapes, where))
+        if component == "audio_vae":
+            module = AutoencoderKLLTX2Audio.from_config(configs.audio_vae_config(section, where))
+            _size_audio_latent_statistics(module, shapes)
+            return module
+        if component == "vocoder":
+            with_bwe, kwargs = configs.vocoder_config(section, where)
+            return (LTX2VocoderWithBWE if with_bwe else LTX2Vocoder).from_config(kwargs)
+    raise ValueError(f"unknown component {component!r}")
+
+
+def _size_audio_latent_statistics(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    # diffusers sizes the audio latent statistics by `base_channels`; they are per packed latent channel
+    # (latent_channels x mel_bins / 4 = 128). Both are 128 in released models, so only smaller ones need this.
+    shape = shapes.get("audio_vae.per_channel_statistics.mean-of-means")
+    if shape is not None and tuple(module.latents_mean.shape) != shape:
+        module.register_buffer("latents_mean", torch.zeros(shape), persistent=True)
+        module.register_buffer("latents_std", torch.ones(shape), persistent=True)
+
+
+def load_component(
+    checkpoint: PathOrInfo,
+    component: str,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    part: VaePart = "both",
+) -> nn.Module:
+    """Load one component of an official checkpoint as its diffusers module, in eval mode, frozen.
+
+    component: "transformer" (the plain diffusers backbone), "text_connectors" (connectors + Gemma feature
+    projection), "video_vae", "audio_vae" or "vocoder". `part` selects the encoder or decoder half of a VAE;
+    the other half is neither built nor read. Floating-point weights are cast to `dtype` when given.
+    """
+    info = _info(checkpoint)
+    module = build_module(info, component)
+    names = info.tensor_names[component]
+    if part != "both":
+        if component not in ("video_vae", "audio_vae"):
+            raise ValueError(f"part={part!r} applies to the VAEs only, not {component}")
+        setattr(module, "decoder" if part == "encoder" else "encoder", None)
+        prefix = KEY_MAPS[component].prefix
+        names = tuple(n for n in names if n.startswith((f"{prefix}{part}.", f"{prefix}per_channel_statistics.")))
+
+    key_map = KEY_MAPS[component]
+    state_dict = {}
+    for name, tensor in read_tensors(info.header, names, dtype):
+        diffusers_name = key_map.to_diffusers(name)
+        if diffusers_name is not None:
+            state_dict[diffusers_name] = tensor
+    _assign_state_dict(info, component, module, state_dict)
+    if dtype is not None:
+        _cast_constructed_buffers(module, dtype)
+    return module.to(device).eval().requires_grad_(False)
+
+
+def _cast_constructed_buffers(module: nn.Module, dtype: torch.dtype) -> None:
+    # Buffers the constructor computes (resampling filters) are not in the file and so were not cast on read.
+    for submodule in module.modules():
+        for name, buffer in submodule._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                submodule._buffers[name] = buffer.to(dtype)
+
+
+def _assign_state_dict(info: CheckpointInfo, component: str, module: nn.Module, state_dict: dict) -> None:
+    key_map = KEY_MAPS[component]
+    expected = module.state_dict(keep_vars=True).keys()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        names = ", ".join(key_map.to_official(k) for k in missing[:3])
+        raise CheckpointError(
+            f"{info.path}: {component.replace('_', ' ')} weights are incomplete ({len(missing)} missing, e.g. "
+            f"{names}); the file is damaged or not an official LTX-{info.version} checkpoint, download it again"
+        )
+    if unexpected:
+        names = ", ".join(key_map.to_official(k) for k in unexpected[:3])
+        raise CheckpointError(
+            f"{info.path}: {component.replace('_', ' ')} has {len(unexpected)} tensors that its `config` does not "
+            f"describe (e.g. {names}); the metadata does not match the weights, use the original checkpoint"
+        )
+    shape_errors = [
+        (k, tuple(v.shape), tuple(state_dict[k].shape))
+        for k, v in module.state_dict(keep_vars=True).items()
+        if tuple(v.shape) != tuple(state_dict[k].shape)
+    ]
+    if shape_errors:
+        key, want, got = shape_errors[0]
+        raise CheckpointError(
+            f"{info.path}: {key_map.to_official(key)} has shape {list(got)} but the `config` metadata implies "
+            f"{list(want)}; the metadata does not match the weights, use the original checkpoint"
+        )
+    module.load_state_dict(state_dict, strict=True, assign=True)
+
+
+def load_transformer_backbone(
+    checkpoint: PathOrInfo, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """The plain diffusers `LTX2VideoTransformer3DModel` (audio and video streams), without text connectors."""
+    return load_component(checkpoint, "transformer", dtype, device)
+
+
+def load_text_connectors(
+    checkpoint: PathOrInfo, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """diffusers `LTX2TextConnectors`: Gemma feature projection + video/audio connectors with registers."""
+    return load_component(checkpoint, "text_connectors", dtype, device)
+
+
+def load_video_vae(
+    checkpoint: PathOrInfo, part: VaePart = "both", dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """diffusers `AutoencoderKLLTX2Video` (32x spatial, 8x temporal); `part` loads only the encoder or decoder."""
+    return load_component(checkpoint, "video_vae", dtype, device, part)
+
+
+def load_audio_vae(
+    checkpoint: PathOrInfo, part: VaePart = "both", dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """diffusers `AutoencoderKLLTX2Audio` (stereo log-mel <-> [8, T, 16] latents)."""
+    return load_component(checkpoint, "audio_vae", dtype, device, part)
+
+
+def load_vocoder(
+    checkpoint: PathOrInfo, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """diffusers `LTX2Vocoder` (LTX-2.0, 24 kHz) or `LTX2VocoderWithBWE` (LTX-2.3, 48 kHz)."""
+    return load_component(checkpoint, "vocoder", dtype, device)
