@@ -70,9 +70,9 @@ def test_metadata_is_the_official_schema(tiny):
 
 
 def test_seed_changes_weights_and_is_reproducible(tmp_path):
-    from ltx2_tuner.testing import write_tiny_checkpoint
-
     from safetensors.torch import load_file
+
+    from ltx2_tuner.testing import write_tiny_checkpoint
 
     a, b, c = (load_file(write_tiny_checkpoint(tmp_path / d, "2.0", seed=s)) for d, s in (("a", 1), ("b", 1), ("c", 2)))
     assert a.keys() == b.keys() == c.keys()
