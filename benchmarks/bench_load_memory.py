@@ -1,0 +1,171 @@
+"""Resident-memory cost of loading the LTX-2 transformer from an official-format checkpoint.
+
+Target (acceptance, issue "foundation"): while `load_component(path, "transformer")` runs, the process's
+resident memory grows by less than 1.5x the transformer's bytes. Loading must not hold a second copy of the
+weights (a whole-file read, an mmap whose pages stay resident, an uncast fp32 copy next to the bf16 one).
+
+What it does: writes a random "bench"-size checkpoint with the tiny-checkpoint factory (~400 MiB of fp32
+transformer weights, plus a bf16 copy of the file), then measures each loading method in a fresh subprocess,
+so that neither the parent's allocations nor imports count. Each child imports torch/diffusers/ltx2_tuner,
+warms up (reads the header, builds the module on the meta device once), takes its baseline VmRSS, resets the
+high-water mark (VmHWM, via /proc/self/clear_refs) and loads. "peak" is VmHWM minus the baseline; "kept" is
+VmRSS after loading minus the baseline. The ratio is peak over the bytes of the loaded tensors.
+
+    python benchmarks/bench_load_memory.py [--version 2.0|2.3] [--workdir DIR] [--keep]
+
+Linux only (reads /proc). Exits 1 if our fp32 loader misses the 1.5x target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+TARGET = 1.5
+MIB = 2**20
+# (method, checkpoint file dtype, label); "ours" rows are held to TARGET.
+ROWS = [
+    ("ours", "float32", "load_component fp32 file -> fp32"),
+    ("ours_bf16", "float32", "load_component fp32 file -> bf16 (cast on read)"),
+    ("ours", "bfloat16", "load_component bf16 file -> bf16"),
+    ("safe_open", "float32", "reference: safetensors safe_open (mmap)"),
+]
+
+
+def _proc_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> bool:
+    """Reset VmHWM to the current RSS ("5" in clear_refs, Linux >= 4.0); False if the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _proc_kib("VmHWM") <= _proc_kib("VmRSS") + MIB
+
+
+class _Sampler(threading.Thread):
+    """Fallback peak: sample VmRSS every 5 ms. The loader drops the GIL in file reads, so samples keep coming."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = _proc_kib("VmRSS")
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, _proc_kib("VmRSS"))
+
+
+def child(method: str, path: str) -> None:
+    """Load the transformer once with `method`; print one JSON line with the memory figures."""
+    import gc
+
+    import torch
+    from safetensors import safe_open
+
+    from ltx2_tuner.models import load_component, read_checkpoint_info
+    from ltx2_tuner.models.loading import build_module
+
+    # Warm-up: lazy imports inside diffusers and the module's constructed buffers are not weight memory.
+    info = read_checkpoint_info(path)
+    del build_module(info, "transformer")
+    names = info.tensor_names["transformer"]
+    gc.collect()
+
+    baseline = _proc_kib("VmRSS")
+    sampler = None if _reset_peak() else _Sampler()
+    if sampler:
+        sampler.start()
+    start = time.perf_counter()
+    if method == "safe_open":
+        with safe_open(path, framework="pt") as f:
+            result = [f.get_tensor(name) for name in names]
+    else:
+        module = load_component(info, "transformer", dtype=torch.bfloat16 if method == "ours_bf16" else None)
+        result = [*module.parameters(), *module.buffers()]
+    seconds = time.perf_counter() - start
+    if sampler:
+        sampler.stop.set()
+        sampler.join()
+    peak = (sampler.peak if sampler else _proc_kib("VmHWM")) - baseline
+    kept = _proc_kib("VmRSS") - baseline
+    loaded = sum(t.numel() * t.element_size() for t in result)
+    print(json.dumps({"peak": peak, "kept": kept, "loaded": loaded, "seconds": seconds, "hwm": sampler is None}))
+
+
+def measure(method: str, path: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", method, str(path)], check=True, capture_output=True, text=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", choices=("2.0", "2.3"), default="2.3")
+    parser.add_argument("--workdir", type=Path, help="where to write the checkpoints (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
+    parser.add_argument("--child", nargs=2, metavar=("METHOD", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return 0
+    if not Path("/proc/self/status").exists():
+        print("bench_load_memory: needs Linux /proc to read resident memory; skipped.")
+        return 0
+
+    import torch
+
+    from ltx2_tuner.models import read_checkpoint_info
+    from ltx2_tuner.testing.tiny_checkpoint import write_tiny_checkpoint
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ltx2_bench_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        paths = {}
+        for dtype in ("float32", "bfloat16"):
+            path = workdir / f"ltx2_bench_{args.version}_{dtype}.safetensors"
+            if not path.exists():
+                print(f"writing {path} ...", flush=True)
+                write_tiny_checkpoint(workdir, args.version, size="bench", dtype=getattr(torch, dtype), path=path)
+            paths[dtype] = path
+
+        print(f"\nLTX-{args.version} bench checkpoint, transformer loading; target: peak < {TARGET}x loaded bytes\n")
+        header = f"{'method':<48} {'file MiB':>8} {'loaded MiB':>10} {'peak +MiB':>9} {'kept +MiB':>9} "
+        header += f"{'peak/loaded':>11} {'peak/file':>9} {'time s':>6}  target"
+        print(header)
+        print("-" * len(header))
+        failed = False
+        for method, file_dtype, label in ROWS:
+            file_bytes = read_checkpoint_info(paths[file_dtype]).component_bytes("transformer")
+            r = measure(method, paths[file_dtype])
+            ratio = r["peak"] / r["loaded"]
+            verdict = "-" if method == "safe_open" else ("PASS" if ratio < TARGET else "FAIL")
+            failed |= (method, file_dtype) == ("ours", "float32") and verdict == "FAIL"
+            print(
+                f"{label:<48} {file_bytes / MIB:>8.1f} {r['loaded'] / MIB:>10.1f} {r['peak'] / MIB:>9.1f} "
+                f"{r['kept'] / MIB:>9.1f} {ratio:>10.2f}x {r['peak'] / file_bytes:>8.2f}x {r['seconds']:>6.2f}  "
+                f"{verdict}{'' if r['hwm'] else ' (sampled peak)'}"
+            )
+        return 1 if failed else 0
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Every flag of every command is documented in docs/commands.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ltx2_tuner.cli import demo, inspect_checkpoint
+from ltx2_tuner.testing import make_tiny
+
+DOCS = (Path(__file__).parents[2] / "docs" / "commands.md").read_text()
+
+
+@pytest.mark.parametrize("command", [demo, inspect_checkpoint, make_tiny])
+def test_every_flag_is_documented(command):
+    parser = command.build_parser()
+    flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--") and s != "--help"]
+    assert flags
+    missing = [flag for flag in flags if f"`{flag}" not in DOCS]
+    assert not missing, f"{command.__name__}: undocumented flags {missing}"
