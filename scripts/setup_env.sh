@@ -17,9 +17,12 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "${venv_flags[@]}" "$venv"
 fi
 
+# pip on some machines warns about every missing local index folder; keep real messages only.
+quiet_pip() { "$venv/bin/python" -m pip install -q "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }; }
+
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     echo "setup: installing torch==2.13.0"
-    "$venv/bin/python" -m pip install -q torch==2.13.0
+    quiet_pip torch==2.13.0
 fi
 
 # Reinstall the project only when its dependency list changed.
@@ -27,6 +30,6 @@ stamp="$venv/.ltx2_tuner_pyproject.sha256"
 wanted=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     echo "setup: installing ltx2-tuner and its dependencies into $venv"
-    "$venv/bin/python" -m pip install -q -e "$root[dev]"
+    quiet_pip -e "$root[dev]"
     echo "$wanted" >"$stamp"
 fi
