@@ -82,7 +82,7 @@ def child(method: str, path: str) -> None:
 
     # Warm-up: lazy imports inside diffusers and the module's constructed buffers are not weight memory.
     info = read_checkpoint_info(path)
-    del build_module(info, "transformer")
+    build_module(info, "transformer")
     names = info.tensor_names["transformer"]
     gc.collect()
 
@@ -135,14 +135,12 @@ def main() -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ltx2_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    paths = {dtype: workdir / f"ltx2_bench_{args.version}_{dtype}.safetensors" for dtype in ("float32", "bfloat16")}
     try:
-        paths = {}
-        for dtype in ("float32", "bfloat16"):
-            path = workdir / f"ltx2_bench_{args.version}_{dtype}.safetensors"
-            if not path.exists():
+        for dtype, path in paths.items():
+            if not path.exists():  # with --workdir and --keep, a second run reuses the files
                 print(f"writing {path} ...", flush=True)
                 write_tiny_checkpoint(workdir, args.version, size="bench", dtype=getattr(torch, dtype), path=path)
-            paths[dtype] = path
 
         print(f"\nLTX-{args.version} bench checkpoint, transformer loading; target: peak < {TARGET}x loaded bytes\n")
         header = f"{'method':<48} {'file MiB':>8} {'loaded MiB':>10} {'peak +MiB':>9} {'kept +MiB':>9} "
@@ -163,8 +161,11 @@ def main() -> int:
             )
         return 1 if failed else 0
     finally:
-        if not args.keep and args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        if not args.keep:
+            for path in paths.values():
+                path.unlink(missing_ok=True)
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

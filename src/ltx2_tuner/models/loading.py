@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from accelerate import init_empty_weights
 from torch import nn
+from tqdm import tqdm
 
 from ltx2_tuner.errors import CheckpointError
 from ltx2_tuner.models import configs
@@ -28,6 +29,7 @@ from ltx2_tuner.models.key_maps import (
 )
 from ltx2_tuner.models.safetensors_io import read_tensors
 
+_PROGRESS_MIN_BYTES = 256 * 2**20  # smaller components load in well under a second
 VaePart = Literal["both", "encoder", "decoder"]
 PathOrInfo = str | os.PathLike | CheckpointInfo
 
@@ -121,10 +123,20 @@ def load_component(
 
     key_map = KEY_MAPS[component]
     state_dict = {}
-    for name, tensor in read_tensors(info.header, names, dtype):
-        diffusers_name = key_map.to_diffusers(name)
-        if diffusers_name is not None:
-            state_dict[diffusers_name] = tensor
+    total_bytes = sum(info.header.tensors[name].nbytes for name in names)
+    with tqdm(
+        total=total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc=f"loading {component}",
+        disable=total_bytes < _PROGRESS_MIN_BYTES,
+        leave=False,
+    ) as progress:
+        for name, tensor in read_tensors(info.header, names, dtype):
+            diffusers_name = key_map.to_diffusers(name)
+            if diffusers_name is not None:
+                state_dict[diffusers_name] = tensor
+            progress.update(info.header.tensors[name].nbytes)
     _assign_state_dict(info, component, module, state_dict)
     if dtype is not None:
         _cast_constructed_buffers(module, dtype)
