@@ -122,6 +122,8 @@ def load_component(
         names = tuple(n for n in names if n.startswith((f"{prefix}{part}.", f"{prefix}per_channel_statistics.")))
 
     key_map = KEY_MAPS[component]
+    renamed = {name: key_map.to_diffusers(name) for name in names}
+    names = [name for name, diffusers_name in renamed.items() if diffusers_name is not None]  # skip unused stats
     state_dict = {}
     total_bytes = sum(info.header.tensors[name].nbytes for name in names)
     with tqdm(
@@ -133,9 +135,7 @@ def load_component(
         leave=False,
     ) as progress:
         for name, tensor in read_tensors(info.header, names, dtype):
-            diffusers_name = key_map.to_diffusers(name)
-            if diffusers_name is not None:
-                state_dict[diffusers_name] = tensor
+            state_dict[renamed[name]] = tensor
             progress.update(info.header.tensors[name].nbytes)
     _assign_state_dict(info, component, module, state_dict)
     if dtype is not None:
