@@ -131,6 +131,21 @@ def test_metadata_that_contradicts_the_weights(tiny, tmp_path):
         load_component(path, "transformer")
 
 
+@pytest.mark.parametrize(("model_version", "accepted"), [("2.3.rc1", True), ("2.4-rc2", False), ("2.5", False)])
+def test_pre_release_version_strings(tiny_checkpoints, tmp_path, model_version, accepted):
+    path = _variant(
+        tiny_checkpoints["2.3"],
+        tmp_path,
+        "v.safetensors",
+        metadata_edit=lambda m: m.update(model_version=model_version),
+    )
+    if accepted:
+        assert read_checkpoint_info(path).version == "2.3"
+    else:
+        with pytest.raises(CheckpointError, match=r"LTX-2\.5"):
+            read_checkpoint_info(path)
+
+
 def test_truncated_tensor_data_is_reported_on_load(tiny, tmp_path):
     data = bytearray(tiny.path.read_bytes())
     path = tmp_path / "short.safetensors"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,17 +184,16 @@ def _explain_missing_config(path: Path, header: SafetensorsHeader, tensor_names:
     )
 
 
-def _parse_version(text: str) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(part) for part in text.strip().split(".")[:3])
-    except ValueError:
-        return None
+def _parse_version(text: str) -> tuple[int, int] | None:
+    """(major, minor) from a model_version string; pre-release tags ("2.3.rc1", "2.4-rc2") keep their numbers."""
+    match = re.match(r"\s*(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _detect_version(path: Path, config: dict, model_version: str | None, metadata: dict[str, str]) -> str:
     transformer = config["transformer"]
     parsed = _parse_version(model_version) if model_version else None
-    if (parsed and parsed[:2] >= (2, 4)) or "gemma_source_checkpoint" in metadata:
+    if (parsed and parsed >= (2, 4)) or "gemma_source_checkpoint" in metadata:
         raise CheckpointError(
             f"{path}: is LTX-2.5 (model_version {model_version}), which ltx2-tuner does not support yet; "
             "use an LTX-2 (19B) or LTX-2.3 (22B) checkpoint"
@@ -207,7 +207,7 @@ def _detect_version(path: Path, config: dict, model_version: str | None, metadat
     # connectors and added prompt AdaLN and gated attention.
     is_2_3 = bool(transformer.get("caption_proj_before_connector") or transformer.get("cross_attention_adaln"))
     version = "2.3" if is_2_3 else "2.0"
-    if parsed and parsed[:2] == (2, 3) and version != "2.3":
+    if parsed and parsed == (2, 3) and version != "2.3":
         raise CheckpointError(
             f"{path}: model_version says {model_version} but its `config` describes an LTX-2.0 transformer; "
             "the metadata is inconsistent, download the checkpoint again"
