@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -113,17 +114,35 @@ def load_component(
     """
     info = _info(checkpoint)
     module = build_module(info, component)
-    names = info.tensor_names[component]
+    keep = None
     if part != "both":
         if component not in ("video_vae", "audio_vae"):
             raise ValueError(f"part={part!r} applies to the VAEs only, not {component}")
-        setattr(module, "decoder" if part == "encoder" else "encoder", None)
-        prefix = KEY_MAPS[component].prefix
-        names = tuple(n for n in names if n.startswith((f"{prefix}{part}.", f"{prefix}per_channel_statistics.")))
+        other = "decoder" if part == "encoder" else "encoder"
+        setattr(module, other, None)
 
+        def keep(name: str) -> bool:
+            return not name.startswith(f"{other}.")
+
+    return load_weights(info, component, module, dtype, device, keep)
+
+
+def load_weights(
+    info: CheckpointInfo,
+    component: str,
+    module: nn.Module,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    keep: Callable[[str], bool] | None = None,
+) -> nn.Module:
+    """Read `component`'s tensors into `module` (built by `build_module`, possibly pruned), eval mode, frozen.
+
+    `keep(diffusers_name)` selects the tensors a pruned module still has; the others are not read at all.
+    Every tensor the module expects must come from the file.
+    """
     key_map = KEY_MAPS[component]
-    renamed = {name: key_map.to_diffusers(name) for name in names}
-    names = [name for name, diffusers_name in renamed.items() if diffusers_name is not None]  # skip unused stats
+    renamed = {name: key_map.to_diffusers(name) for name in info.tensor_names[component]}
+    names = [name for name, new in renamed.items() if new is not None and (keep is None or keep(new))]
     state_dict = {}
     total_bytes = sum(info.header.tensors[name].nbytes for name in names)
     with tqdm(
