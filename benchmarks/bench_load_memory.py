@@ -26,12 +26,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
+from proc_memory import MIB, PeakRss, available
+
 TARGET = 1.5
-MIB = 2**20
 # (method, file dtype, load dtype, label). Only "ours" rows are held to TARGET; the safetensors rows show the
 # alternatives. Its get_tensor returns tensors backed by a private mmap of the file, read lazily: they cost
 # little until used, then count as file-backed RSS; a copy or a cast out of the map holds the map pages too.
@@ -43,37 +43,6 @@ ROWS = [
     ("mmap_copy", "float32", "", "reference: safe_open (mmap) get_tensor + clone"),
     ("mmap_copy", "float32", "bfloat16", "reference: safe_open (mmap) get_tensor + to(bf16)"),
 ]
-
-
-def _proc_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS ("5" in clear_refs, Linux >= 4.0); False if the kernel refuses."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return _proc_kib("VmHWM") <= _proc_kib("VmRSS") + MIB
-
-
-class _Sampler(threading.Thread):
-    """Fallback peak: sample VmRSS every 5 ms. The loader drops the GIL in file reads, so samples keep coming."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak = _proc_kib("VmRSS")
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.wait(0.005):
-            self.peak = max(self.peak, _proc_kib("VmRSS"))
 
 
 def child(method: str, path: str, dtype_name: str) -> None:
@@ -93,29 +62,26 @@ def child(method: str, path: str, dtype_name: str) -> None:
     names = info.tensor_names["transformer"]
     gc.collect()
 
-    baseline, baseline_file = _proc_kib("VmRSS"), _proc_kib("RssFile")
-    sampler = None if _reset_peak() else _Sampler()
-    if sampler:
-        sampler.start()
-    start = time.perf_counter()
-    if method == "ours":
-        module = load_component(info, "transformer", dtype=dtype)
-        result = [*module.parameters(), *module.buffers()]
-    else:
-        with safe_open(path, framework="pt") as f:
-            if method == "mmap_read":  # zero-copy: reading each weight once faults its pages in
-                result = [f.get_tensor(name) for name in names]
-                _ = [t.sum() for t in result]
-            else:  # what a loader does that casts, or copies into an allocated module
-                result = [f.get_tensor(name).to(dtype, copy=True) for name in names]
-    seconds = time.perf_counter() - start
-    if sampler:
-        sampler.stop.set()
-        sampler.join()
-    peak = (sampler.peak if sampler else _proc_kib("VmHWM")) - baseline
-    kept, kept_file = _proc_kib("VmRSS") - baseline, _proc_kib("RssFile") - baseline_file
+    with PeakRss() as meter:
+        start = time.perf_counter()
+        if method == "ours":
+            module = load_component(info, "transformer", dtype=dtype)
+            result = [*module.parameters(), *module.buffers()]
+        else:
+            with safe_open(path, framework="pt") as f:
+                if method == "mmap_read":  # zero-copy: reading each weight once faults its pages in
+                    result = [f.get_tensor(name) for name in names]
+                    _ = [t.sum() for t in result]
+                else:  # what a loader does that casts, or copies into an allocated module
+                    result = [f.get_tensor(name).to(dtype, copy=True) for name in names]
+        seconds = time.perf_counter() - start
+    peak, kept, kept_file = meter.peak, meter.kept, meter.kept_file
     loaded = sum(t.numel() * t.element_size() for t in result)
-    print(json.dumps(dict(peak=peak, kept=kept, kept_file=kept_file, loaded=loaded, seconds=seconds, hwm=not sampler)))
+    print(
+        json.dumps(
+            dict(peak=peak, kept=kept, kept_file=kept_file, loaded=loaded, seconds=seconds, hwm=not meter.sampled)
+        )
+    )
 
 
 def measure(method: str, path: Path, dtype_name: str, repeat: int) -> dict:
@@ -142,7 +108,7 @@ def main() -> int:
     if args.child:
         child(*args.child)
         return 0
-    if not Path("/proc/self/status").exists():
+    if not available():
         print("bench_load_memory: needs Linux /proc to read resident memory; skipped.")
         return 0
 
