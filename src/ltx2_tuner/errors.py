@@ -17,3 +17,15 @@ class CheckpointError(Ltx2TunerError):
 
 class ConfigError(Ltx2TunerError):
     """A configuration file or flag is invalid."""
+
+
+class DatasetError(Ltx2TunerError):
+    """The dataset config or a dataset item (caption, listing) is invalid."""
+
+
+class MediaError(Ltx2TunerError):
+    """A video, image or audio file cannot be decoded or lacks what is needed (e.g. an audio track)."""
+
+
+class CacheError(Ltx2TunerError):
+    """A cache file is missing, stale or damaged."""

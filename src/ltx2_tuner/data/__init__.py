@@ -1,0 +1,1 @@
+"""Datasets: config, media decoding (PyAV), audio front end, buckets, frame windows, cached batches."""
