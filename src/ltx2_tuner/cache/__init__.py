@@ -1,0 +1,1 @@
+"""Cache files: names, tensor keys, fingerprints, atomic writes; the latent and text caching pipelines."""

@@ -1,0 +1,190 @@
+"""Encode planned windows with the video VAE (and audio VAE in AV mode) and write the cache files.
+
+Media decoding runs ahead in worker threads (PyAV and the resizer release the GIL) while the main thread encodes.
+Each file is written atomically; a file whose fingerprint matches the plan is reused with `skip_existing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import torch
+from tqdm import tqdm
+
+from ltx2_tuner.cache import naming
+from ltx2_tuner.cache.latent_plan import LatentJob
+from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
+from ltx2_tuner.errors import Ltx2TunerError
+from ltx2_tuner.models.latent_layout import (
+    AUDIO_HOP_LENGTH,
+    AUDIO_LATENT_DOWNSAMPLE,
+    patchify_audio,
+    unpatchify_audio,
+)
+
+
+@dataclass(frozen=True)
+class VaeTiling:
+    """Memory options of the video VAE encoder (diffusers' tiled encode; results differ slightly at seams)."""
+
+    spatial_tile_px: int = 0  # 0: off; else tiles of this many pixels, overlapping by 1/8
+    temporal_tile_frames: int = 0  # 0: off; else chunks of this many frames, overlapping by half
+
+
+@dataclass
+class CacheSummary:
+    cached: int = 0
+    reused: int = 0
+    failed: list[str] = field(default_factory=list)
+    audio_absent: int = 0
+
+
+class LatentEncoder:
+    """The VAE encoders of one caching run. Video in `vae_dtype`; audio always in float32 (as the reference)."""
+
+    def __init__(
+        self, video_checkpoint, audio_checkpoint, device: torch.device, vae_dtype: torch.dtype, tiling: VaeTiling
+    ):
+        from ltx2_tuner.models import load_audio_vae, load_video_vae
+
+        self.device, self.vae_dtype = device, vae_dtype
+        self.video_vae = load_video_vae(video_checkpoint, part="encoder", dtype=vae_dtype, device=device)
+        if tiling.spatial_tile_px:
+            size = tiling.spatial_tile_px
+            self.video_vae.enable_tiling(size, size, tile_sample_stride_height=size * 7 // 8,
+                                         tile_sample_stride_width=size * 7 // 8)  # fmt: skip
+        if tiling.temporal_tile_frames:
+            # diffusers reads the temporal-tiling switch from `use_framewise_decoding`, for encoding too.
+            self.video_vae.use_framewise_decoding = True
+            self.video_vae.tile_sample_min_num_frames = tiling.temporal_tile_frames
+            self.video_vae.tile_sample_stride_num_frames = max(1, tiling.temporal_tile_frames // 2)
+        self.audio_vae = None
+        if audio_checkpoint is not None:
+            self.audio_vae = load_audio_vae(audio_checkpoint, part="encoder", dtype=torch.float32, device=device)
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """[B, 3, F, H, W] in [-1, 1] -> normalized latent means [B, 128, 1 + (F-1)/8, H/32, W/32]."""
+        vae = self.video_vae
+        means = vae.encode(frames.to(self.device, self.vae_dtype)).latent_dist.mode()
+        shape = (1, -1, 1, 1, 1)
+        mean, std = vae.latents_mean.view(shape), vae.latents_std.view(shape)
+        return ((means - mean) * vae.config.scaling_factor / std).to(self.vae_dtype)
+
+    @torch.no_grad()
+    def encode_audio(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """[2, T_mel, 64] log-mel -> normalized latents [8, T, 16] (float32)."""
+        vae = self.audio_vae
+        means = vae.encode(log_mel[None].to(self.device, torch.float32)).latent_dist.mode()
+        tokens = (patchify_audio(means) - vae.latents_mean) / vae.latents_std  # statistics are per packed channel
+        return unpatchify_audio(tokens, means.shape[1], means.shape[3])[0]
+
+
+@dataclass
+class _Decoded:
+    job: LatentJob
+    frames: torch.Tensor | None = None  # [3, F, H, W]
+    log_mel: torch.Tensor | None = None  # [2, T_mel, 64]
+    audio_valid_samples: int = 0
+    error: str | None = None
+
+
+def _decode(job: LatentJob, with_audio: bool, sample_rate: int) -> _Decoded:
+    from ltx2_tuner.data.audio import load_audio_clip
+    from ltx2_tuner.data.images import load_image
+    from ltx2_tuner.data.mel import log_mel_spectrogram
+    from ltx2_tuner.data.transforms import frames_to_model_input
+    from ltx2_tuner.data.video import read_video_frames
+
+    try:
+        if job.item.dataset.kind == "image":
+            pixels = load_image(job.item.path, size=job.bucket)[None]
+        else:
+            pixels = read_video_frames(job.item.path, job.window.times_s(), size=job.bucket)
+        decoded = _Decoded(job, frames=frames_to_model_input(pixels))
+        if with_audio and job.audio_source is not None:
+            clip = load_audio_clip(job.audio_source, job.window.start_s, job.window.duration_s, sample_rate)
+            decoded.log_mel = log_mel_spectrogram(clip.waveform, sample_rate)
+            decoded.audio_valid_samples = clip.valid_samples
+        return decoded
+    except Ltx2TunerError as error:
+        return _Decoded(job, error=str(error))
+
+
+def valid_audio_latents(valid_samples: int) -> int:
+    """Audio latents that cover real (not zero-padded) samples; latent 0 covers the first mel frame alone."""
+    if valid_samples <= 0:
+        return 0
+    mel_frames = valid_samples // AUDIO_HOP_LENGTH + 1
+    return (mel_frames - 1) // AUDIO_LATENT_DOWNSAMPLE + 1
+
+
+def is_current(job: LatentJob) -> bool:
+    """Whether every file of `job` exists with the fingerprint this run would write."""
+    if differences(read_fingerprint(job.latent_path), job.fingerprint):
+        return False
+    return job.audio_path is None or not differences(read_fingerprint(job.audio_path), job.audio_fingerprint)
+
+
+def _batches(jobs: list[LatentJob], batch_size: int) -> Iterator[list[LatentJob]]:
+    """Consecutive jobs of equal frame tensor shape, at most `batch_size` each (the VAE takes one shape)."""
+
+    def shape(job: LatentJob):
+        return job.bucket, job.window.num_frames
+
+    for _, group in groupby(sorted(jobs, key=shape), key=shape):
+        group = list(group)
+        for start in range(0, len(group), batch_size):
+            yield group[start : start + batch_size]
+
+
+def cache_latents(
+    jobs: list[LatentJob],
+    encoder: LatentEncoder,
+    skip_existing: bool,
+    batch_size: int = 1,
+    num_workers: int = 2,
+    mode: str = "video",
+) -> CacheSummary:
+    """Encode and write every job (reusing current files with `skip_existing`); return what happened."""
+    summary = CacheSummary()
+    pending = [job for job in jobs if not (skip_existing and is_current(job))]
+    summary.reused = len(jobs) - len(pending)
+    with_audio = encoder.audio_vae is not None
+    sample_rate = encoder.audio_vae.config.sample_rate if with_audio else 0
+    with (
+        ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool,
+        tqdm(total=len(pending), unit="item", desc="caching latents", dynamic_ncols=True) as progress,
+    ):
+        decode_batch = lambda batch: [_decode(job, with_audio, sample_rate) for job in batch]  # noqa: E731
+        for decoded in pool.map(decode_batch, _batches(pending, batch_size)):
+            good = [d for d in decoded if d.error is None]
+            summary.failed.extend(d.error for d in decoded if d.error is not None)
+            if good:
+                latents = encoder.encode_video(torch.stack([d.frames for d in good]))
+                for item, item_latents in zip(good, latents, strict=True):
+                    _write(item, item_latents.cpu(), encoder, mode, summary)
+            progress.update(len(decoded))
+    return summary
+
+
+def _write(decoded: _Decoded, latents: torch.Tensor, encoder: LatentEncoder, mode: str, summary: CacheSummary) -> None:
+    job = decoded.job
+    write_cache(job.latent_path, {naming.latents_key(latents): latents}, job.fingerprint, mode=mode)
+    if job.audio_path is not None:
+        if decoded.log_mel is None:  # the source has no audio: the sidecar records it, so training can drop it
+            audio = torch.zeros(8, 0, 16)
+            length = 0
+            summary.audio_absent += 1
+        else:
+            audio = encoder.encode_audio(decoded.log_mel).cpu()
+            length = min(audio.shape[1], valid_audio_latents(decoded.audio_valid_samples))
+        tensors = {
+            naming.audio_latents_key(audio): audio,
+            "audio_lengths_int32": torch.tensor([length], dtype=torch.int32),
+        }
+        write_cache(job.audio_path, tensors, job.audio_fingerprint, mode=mode)
+    summary.cached += 1

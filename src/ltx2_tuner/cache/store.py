@@ -1,0 +1,63 @@
+"""Writing and reading cache files: atomic writes, a format version and a fingerprint in the metadata.
+
+A fingerprint records what a cache was made from (source file, checkpoint, settings). A cache is reused only when
+every field matches what the current run would write; otherwise it is stale and made again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ltx2_tuner.models.safetensors_io import save_atomically
+
+CACHE_FORMAT = "ltx2-tuner-cache-1"
+_FORMAT_KEY, _FINGERPRINT_KEY = "format", "fingerprint"
+TEMP_GLOB = ".*.safetensors.tmp*"  # what an interrupted atomic write leaves behind
+
+
+def source_stamp(path: Path) -> dict:
+    """Identity of a source file that changes when it is edited: resolved path, size, mtime."""
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def write_cache(path: Path, tensors: Mapping[str, torch.Tensor], fingerprint: dict, **info: str) -> None:
+    """Write atomically; `info` adds informational metadata that is not compared (e.g. the caching mode)."""
+    metadata = {**info, _FORMAT_KEY: CACHE_FORMAT, _FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)}
+    save_atomically(tensors, path, metadata)
+
+
+def read_fingerprint(path: Path) -> dict | None:
+    """The fingerprint of a cache file, or None when the file is missing, unreadable or of another format."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (OSError, ValueError, RuntimeError):
+        return None
+    if metadata.get(_FORMAT_KEY) != CACHE_FORMAT:
+        return None
+    try:
+        return json.loads(metadata[_FINGERPRINT_KEY])
+    except (KeyError, json.JSONDecodeError):
+        return None
+
+
+def differences(stored: dict | None, expected: dict) -> list[str]:
+    """Fields of `expected` that `stored` lacks or holds with another value (empty: the cache is current)."""
+    if stored is None:
+        return ["no readable cache"]
+    normalized = json.loads(json.dumps(expected))  # tuples -> lists, as stored
+    return [key for key, value in normalized.items() if stored.get(key) != value]
+
+
+def remove_interrupted_writes(directory: Path) -> int:
+    """Delete temporary files that a killed run left in `directory`; return how many."""
+    leftovers = list(directory.glob(TEMP_GLOB)) if directory.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)

@@ -1,0 +1,154 @@
+"""Cache VAE latents of a dataset (and audio latents in AV mode): `ltx2_cache_latents.py`.
+
+    python ltx2_cache_latents.py --dataset_config dataset.toml --ltx2_checkpoint ltx-2.3-22b-dev.safetensors \\
+        [--ltx_mode av] [--skip_existing]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ltx2_tuner.cache import naming
+from ltx2_tuner.cache.latent_plan import AudioSource, LatentPlan, plan_latent_jobs
+from ltx2_tuner.cache.store import remove_interrupted_writes
+from ltx2_tuner.cli._common import run
+from ltx2_tuner.errors import ConfigError, MediaError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltx2_cache_latents.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset_config", type=Path, required=True, help="dataset TOML (see docs/dataset-config.md)")
+    parser.add_argument("--ltx2_checkpoint", type=Path, help="official LTX-2 / LTX-2.3 checkpoint (.safetensors)")
+    parser.add_argument("--vae", type=Path, help="file with the video VAE (default: --ltx2_checkpoint)")
+    parser.add_argument("--vae_dtype", choices=tuple(DTYPES), default="bf16", help="video VAE precision (default bf16)")
+    parser.add_argument("--ltx_mode", choices=("video", "av"), default="video", help="av also caches audio latents")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--batch_size", type=int, default=1, help="clips per VAE call, same bucket only (default 1)")
+    parser.add_argument("--num_workers", type=int, default=2, help="media decoding threads (default 2)")
+    parser.add_argument("--skip_existing", action="store_true", help="reuse caches whose fingerprint matches")
+    parser.add_argument(
+        "--prune_cache",
+        action="store_true",
+        help="delete latent caches in the cache folders that this run does not plan",
+    )
+    parser.add_argument(
+        "--missing_audio",
+        choices=("error", "skip"),
+        default="error",
+        help="AV mode, a video without audio: error (default: list them and stop) or skip (list them; training "
+        "leaves them out)",
+    )
+    parser.add_argument(
+        "--ltx2_audio_source",
+        choices=("video", "audio_files"),
+        default="video",
+        help="audio from the video file (default) or from sidecar files",
+    )
+    parser.add_argument("--ltx2_audio_dir", type=Path, help="folder of the audio sidecar files (default: the video's)")
+    parser.add_argument("--ltx2_audio_ext", default=".wav", help="extension of the audio sidecar files (default .wav)")
+    parser.add_argument(
+        "--vae_tile_size", type=int, default=0, help="encode in spatial tiles of this many pixels (0: off; e.g. 512)"
+    )
+    parser.add_argument(
+        "--vae_tile_frames", type=int, default=0, help="encode long clips in chunks of this many frames (0: off)"
+    )
+    return parser
+
+
+def _checkpoint_stamp(info, dtype: torch.dtype) -> dict:
+    return {"file": info.fingerprint, "version": info.version, "dtype": naming.dtype_name(dtype)}
+
+
+def _report_plan_problems(plan: LatentPlan, args) -> None:
+    for line in plan.unreadable:
+        print(f"warning: skipped unreadable media: {line}", file=sys.stderr)
+    for line in plan.too_short:
+        print(f"warning: skipped, shorter than every target_frames: {line}", file=sys.stderr)
+    if plan.missing_audio:
+        for path in plan.missing_audio:
+            print(f"no audio track: {path}", file=sys.stderr)
+        if args.missing_audio == "error":
+            raise MediaError(
+                f"{len(plan.missing_audio)} video(s) listed above have no audio ({args.ltx2_audio_source}) for "
+                f"--ltx_mode av; add audio, use --ltx2_audio_source audio_files, or pass --missing_audio skip to "
+                "train them without audio"
+            )
+
+
+def _prune(plan: LatentPlan, datasets, delete: bool) -> int:
+    planned = {job.latent_path for job in plan.jobs} | {job.audio_path for job in plan.jobs if job.audio_path}
+    stale = [
+        path
+        for dataset in datasets
+        if dataset.cache_directory.is_dir()
+        for suffix in (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX)
+        for path in dataset.cache_directory.glob(f"*{suffix}")
+        if path not in planned
+    ]
+    if delete:
+        for path in stale:
+            path.unlink()
+    return len(stale)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling, cache_latents
+    from ltx2_tuner.data.config import load_dataset_config
+    from ltx2_tuner.models import read_checkpoint_info
+
+    args = build_parser().parse_args(argv)
+    vae_path = args.vae or args.ltx2_checkpoint
+    if vae_path is None:
+        raise ConfigError("no checkpoint: pass --ltx2_checkpoint (or --vae) with the official .safetensors file")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
+    datasets = load_dataset_config(args.dataset_config)
+    vae_dtype = DTYPES[args.vae_dtype]
+    video_info = read_checkpoint_info(vae_path)
+    video_info.require("video_vae")
+    audio_info = None
+    if args.ltx_mode == "av":
+        audio_info = read_checkpoint_info(args.ltx2_checkpoint or vae_path)
+        audio_info.require("audio_vae")
+
+    audio_source = AudioSource(args.ltx2_audio_source, args.ltx2_audio_dir, args.ltx2_audio_ext)
+    plan = plan_latent_jobs(
+        datasets,
+        args.ltx_mode,
+        _checkpoint_stamp(video_info, vae_dtype),
+        _checkpoint_stamp(audio_info, torch.float32) if audio_info else None,
+        audio_source,
+    )
+    _report_plan_problems(plan, args)
+    for dataset in datasets:
+        remove_interrupted_writes(dataset.cache_directory)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    print(f"caching {len(plan.jobs)} item(s) with {vae_path.name} (LTX-{video_info.version}) on {device}", flush=True)
+    encoder = LatentEncoder(
+        video_info, audio_info, device, vae_dtype, VaeTiling(args.vae_tile_size, args.vae_tile_frames)
+    )
+    summary = cache_latents(plan.jobs, encoder, args.skip_existing, args.batch_size, args.num_workers, args.ltx_mode)
+
+    stale = _prune(plan, datasets, delete=args.prune_cache)
+    print(
+        f"done: {summary.cached} cached, {summary.reused} reused, {len(summary.failed)} failed, "
+        f"{len(plan.unreadable) + len(plan.too_short)} skipped"
+        + (f", {summary.audio_absent} without audio" if summary.audio_absent else "")
+    )
+    for reason in summary.failed:
+        print(f"  failed: {reason}", file=sys.stderr)
+    if stale:
+        action = "deleted" if args.prune_cache else "left in the cache folders; --prune_cache deletes them"
+        print(f"{stale} stale cache file(s) {action}")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,269 @@
+"""The dataset config: a musubi-tuner-style TOML file with `[general]` and `[[datasets]]` tables.
+
+    [general]
+    resolution = [960, 544]
+    caption_extension = ".txt"
+    enable_bucket = true
+
+    [[datasets]]
+    video_directory = "clips"
+    cache_directory = "cache/clips"
+    target_frames = [1, 25, 49]
+    frame_extraction = "head"
+
+Keys of `[general]` apply to every dataset that does not set them. Every problem in the file (unknown key, wrong
+type, impossible value) is reported at once, each naming the file, the table and the key. Relative paths are
+resolved against the config file's folder, or the current folder when only that one has them.
+Schema facts: ../shared/reference/musubi-ltx2-fork.md Part 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ltx2_tuner.errors import DatasetError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+BUCKET_STEP = 32  # the video VAE's spatial factor
+FRAME_EXTRACTION_MODES = ("head", "chunk", "slide", "uniform", "full")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One `[[datasets]]` table after defaults, `[general]` fallbacks and validation."""
+
+    index: int  # 1-based position in the file, for messages
+    kind: str  # "image" or "video"
+    source: Path  # the media directory or the JSONL file
+    source_is_jsonl: bool
+    caption_extension: str
+    resolution: tuple[int, int]  # (width, height)
+    batch_size: int
+    num_repeats: int
+    enable_bucket: bool
+    bucket_no_upscale: bool
+    cache_directory: Path
+    target_frames: tuple[int, ...]  # each 8k+1
+    frame_extraction: str
+    frame_stride: int
+    frame_sample: int
+    max_frames: int
+    source_fps: float | None  # overrides the container's frame rate when set
+    target_fps: float | None  # frames are sampled at this rate when set, else at the source rate
+
+    @property
+    def name(self) -> str:
+        return f"[[datasets]] #{self.index} ({self.source.name})"
+
+
+# key -> (accepted types, default, validator returning an error text or None). `None` default = required/unset.
+def _positive(value) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def _resolution(value) -> str | None:
+    sizes = [value, value] if isinstance(value, int) else value
+    if len(sizes) != 2 or not all(isinstance(v, int) and v > 0 for v in sizes):
+        return "must be an integer or [width, height]"
+    return None
+
+
+def _frames(value) -> str | None:
+    if not value or not all(isinstance(v, int) and v > 0 for v in value):
+        return "must be a list of positive integers"
+    return None
+
+
+def _extraction(value) -> str | None:
+    return None if value in FRAME_EXTRACTION_MODES else f"must be one of {', '.join(FRAME_EXTRACTION_MODES)}"
+
+
+_Validator = Callable[[Any], str | None] | None
+# Keys allowed in [general] and [[datasets]].
+_SHARED: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {
+    "resolution": ((int, list), (960, 544), _resolution),
+    "caption_extension": ((str,), ".txt", None),
+    "batch_size": ((int,), 1, _positive),
+    "num_repeats": ((int,), 1, _positive),
+    "enable_bucket": ((bool,), False, None),
+    "bucket_no_upscale": ((bool,), False, None),
+    "cache_directory": ((str,), None, None),
+    "target_frames": ((list,), [1], _frames),
+    "frame_extraction": ((str,), "head", _extraction),
+    "frame_stride": ((int,), 1, _positive),
+    "frame_sample": ((int,), 1, _positive),
+    "max_frames": ((int,), 129, _positive),
+    "source_fps": ((int, float), None, _positive),
+    "target_fps": ((int, float), None, _positive),
+}
+_SOURCES = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
+_DATASET_ONLY: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {key: ((str,), None, None) for key in _SOURCES}
+_VIDEO_ONLY = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps",
+               "target_fps")  # fmt: skip
+
+
+def snap_frame_count(frames: int) -> int:
+    """The largest 8k+1 not above `frames` (the video VAE encodes 1 + 8k frames)."""
+    return 1 + (frames - 1) // 8 * 8
+
+
+class _Problems:
+    def __init__(self, path: Path):
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, where: str, text: str) -> None:
+        self.items.append(f"{self.path} {where}: {text}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise DatasetError("; ".join(self.items))
+
+
+def _check_table(table: dict, schema: dict, where: str, problems: _Problems) -> dict:
+    """Type- and value-check one table; return the keys that passed."""
+    valid = {}
+    for key, value in table.items():
+        if key not in schema:
+            close = difflib.get_close_matches(key, schema, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            problems.add(where, f'unknown key "{key}"{hint}')
+            continue
+        types, _, validator = schema[key]
+        # bool is an int in Python; an int key must not accept true/false.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            expected = " or ".join("number" if t is float else t.__name__ for t in types)
+            problems.add(where, f'key "{key}" must be {expected}, not {type(value).__name__} {value!r}')
+            continue
+        error = validator(value) if validator else None
+        if error:
+            problems.add(where, f'key "{key}" {error} (got {value!r})')
+            continue
+        valid[key] = value
+    return valid
+
+
+def _resolve(config_dir: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    beside_config = config_dir / path
+    return beside_config if beside_config.exists() or not path.exists() else path.resolve()
+
+
+def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
+    """Parse and validate a dataset TOML file; raise DatasetError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset config not found; pass --dataset_config with an existing TOML file")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: not valid TOML ({error}); fix the syntax") from None
+
+    problems = _Problems(path)
+    for key in document:
+        if key not in ("general", "datasets"):
+            close = difflib.get_close_matches(key, ("general", "datasets"), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            problems.add("top level", f'unknown table "{key}"{hint}')
+    general = _check_table(document.get("general", {}), _SHARED, "[general]", problems)
+    tables = document.get("datasets", [])
+    if not isinstance(tables, list) or not tables:
+        problems.add("top level", "no [[datasets]] table; add at least one dataset")
+        tables = []
+
+    datasets = []
+    for index, table in enumerate(tables, start=1):
+        where = f"[[datasets]] #{index}"
+        own = _check_table(table, {**_SHARED, **_DATASET_ONLY}, where, problems)
+        dataset = _build(path, index, where, general, own, problems)
+        if dataset is not None:
+            datasets.append(dataset)
+    problems.raise_if_any()
+    _check_unique_caches(path, datasets)
+    return datasets
+
+
+def _build(path: Path, index: int, where: str, general: dict, own: dict, problems: _Problems) -> DatasetConfig | None:
+    values = {**general, **own}
+    sources = [key for key in _SOURCES if key in values]
+    if len(sources) != 1:
+        found = ", ".join(sources) or "none"
+        problems.add(where, f"needs exactly one of {', '.join(_SOURCES)} (found: {found})")
+        return None
+    source_key = sources[0]
+    kind = "video" if source_key.startswith("video") else "image"
+    source = _resolve(path.parent, values[source_key])
+    is_jsonl = source_key.endswith("jsonl_file")
+    if not (source.is_file() if is_jsonl else source.is_dir()):
+        problems.add(where, f'{source_key} "{source}" does not exist; fix the path')
+        return None
+    if kind == "image":  # video keys in [general] are fine: they just do not apply to images
+        for key in _VIDEO_ONLY:
+            if key in own:
+                problems.add(where, f'key "{key}" applies to video datasets only')
+    if "cache_directory" not in values and is_jsonl:
+        problems.add(where, "cache_directory is required for a JSONL dataset")
+        return None
+
+    defaults = {key: spec[1] for key, spec in _SHARED.items()}
+    merged = {**defaults, **values}
+    resolution = merged["resolution"]
+    width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    if not merged["enable_bucket"] and (width % BUCKET_STEP or height % BUCKET_STEP):
+        problems.add(
+            where, f"resolution {width}x{height} must be a multiple of {BUCKET_STEP} without enable_bucket = true"
+        )
+    target_frames = tuple(merged["target_frames"]) if kind == "video" else (1,)
+    snapped = tuple(dict.fromkeys(snap_frame_count(n) for n in target_frames))
+    if snapped != target_frames:
+        warnings.warn(
+            f"{path} {where}: target_frames {list(target_frames)} snapped down to {list(snapped)} "
+            "(the video VAE encodes 8k+1 frames)",
+            stacklevel=2,
+        )
+    cache = merged["cache_directory"]
+    return DatasetConfig(
+        index=index,
+        kind=kind,
+        source=source,
+        source_is_jsonl=is_jsonl,
+        caption_extension=merged["caption_extension"],
+        resolution=(width, height),
+        batch_size=merged["batch_size"],
+        num_repeats=merged["num_repeats"],
+        enable_bucket=merged["enable_bucket"],
+        bucket_no_upscale=merged["bucket_no_upscale"],
+        cache_directory=_resolve(path.parent, cache) if cache else source,
+        target_frames=snapped,
+        frame_extraction=merged["frame_extraction"] if kind == "video" else "head",
+        frame_stride=merged["frame_stride"],
+        frame_sample=merged["frame_sample"],
+        max_frames=merged["max_frames"],
+        source_fps=float(merged["source_fps"]) if merged["source_fps"] else None,
+        target_fps=float(merged["target_fps"]) if merged["target_fps"] else None,
+    )
+
+
+def _check_unique_caches(path: Path, datasets: list[DatasetConfig]) -> None:
+    seen: dict[Path, DatasetConfig] = {}
+    for dataset in datasets:
+        other = seen.setdefault(dataset.cache_directory.resolve(), dataset)
+        if other is not dataset:
+            raise DatasetError(
+                f"{path} {dataset.name}: cache_directory {dataset.cache_directory} is also used by {other.name}; "
+                "give every dataset its own cache_directory"
+            )
