@@ -137,7 +137,7 @@ def test_missing_and_stale_caches_name_the_item_and_the_command(tmp_path):
     with pytest.raises(CacheError, match=r"stale cache, .*a\.mp4 changed since it was cached"):
         CachedBatches([dataset], "video")
     _cache_item(dataset, "a", 9, latent_frames=2)
-    with pytest.raises(CacheError, match="LTX-2.3 VAE but training uses LTX-2.0"):
+    with pytest.raises(CacheError, match=r"LTX-2\.3 VAE but training uses LTX-2\.0"):
         CachedBatches([dataset], "video", model_version="2.0")
 
 

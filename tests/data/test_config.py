@@ -93,7 +93,7 @@ image_directory = "nowhere"
     ],
 )
 def test_bad_configs(tmp_path, text, problem):
-    with pytest.raises(DatasetError, match="dataset.toml") as caught:
+    with pytest.raises(DatasetError, match=r"dataset\.toml") as caught:
         load_dataset_config(_write(tmp_path, text))
     assert problem in str(caught.value)
 
