@@ -1,0 +1,1 @@
+"""Training: flow matching math, conditioning, optimizers and schedules, the trainer loop, checkpoints."""
