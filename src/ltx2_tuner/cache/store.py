@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ltx2_tuner.models.safetensors_io import save_atomically
 
@@ -37,7 +37,7 @@ def read_fingerprint(path: Path) -> dict | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-    except (OSError, ValueError, RuntimeError):
+    except (OSError, ValueError, RuntimeError, SafetensorError):
         return None
     if metadata.get(_FORMAT_KEY) != CACHE_FORMAT:
         return None

@@ -346,6 +346,7 @@ def load_transformer(
     backbone = prune(build_module(info, "transformer"), mode)
     backbone = load_weights(info, "transformer", backbone, dtype, device, keep=lambda name: not is_excluded(name, mode))
     adapter = TransformerAdapter(backbone, mode)
-    adapter.set_attention_backend(attention_backend)
+    if attention_backend != "native":  # diffusers' default is PyTorch SDPA already
+        adapter.set_attention_backend(attention_backend)
     adapter.enable_gradient_checkpointing(gradient_checkpointing)
     return adapter.eval()
