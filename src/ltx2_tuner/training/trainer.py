@@ -1,0 +1,293 @@
+"""The LoRA training run: setup in dependency order, then one loop that reads top to bottom.
+
+Works under `accelerate launch` (DDP; each rank takes its own share of every epoch's batches and draws its own
+noise from seed + rank) and plain `python`. The learning rate is a function of the optimizer step, set before each
+optimizer step, so it advances once per optimizer step however many processes run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ltx2_tuner.cache.latent_plan import dataset_digest
+from ltx2_tuner.data.cached_dataset import CachedBatches
+from ltx2_tuner.data.config import load_dataset_config
+from ltx2_tuner.errors import ConfigError, Ltx2TunerError
+from ltx2_tuner.models import load_transformer, read_checkpoint_info
+from ltx2_tuner.training import checkpoints as ckpt
+from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
+from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
+from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
+
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class TrainingError(Ltx2TunerError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class _RankShare(Dataset):
+    """This rank's batches of one epoch: every world_size-th, starting at `start` (to resume mid-epoch)."""
+
+    def __init__(self, batches: CachedBatches, rank: int, world_size: int, start: int = 0):
+        self.batches, self.rank, self.world_size, self.start = batches, rank, world_size, start
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches) // self.world_size - self.start)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batches[(self.start + index) * self.world_size + self.rank]
+
+
+@dataclass
+class Run:
+    """What the loop needs, built by `setup`."""
+
+    args: object
+    accelerator: Accelerator
+    model: torch.nn.Module
+    network_module: object
+    spec: object
+    optimizer: torch.optim.Optimizer
+    batches: CachedBatches
+    flow: FlowSettings
+    generator: torch.Generator
+    state: ckpt.TrainState
+    total_steps: int
+    steps_per_epoch: int
+    logger: MetricLogger | None
+    fingerprint: dict
+    weight_dtype: torch.dtype
+
+
+def check_precision(info, mixed_precision: str) -> None:
+    """Refuse compute precisions the checkpoint's weights do not fit."""
+    dtypes = {info.header.tensors[name].dtype for name in info.tensor_names["transformer"]}
+    if any(d.startswith("F8") for d in dtypes):
+        raise ConfigError(f"{info.path}: fp8 checkpoints cannot be trained yet; use the bf16 checkpoint")
+    if "BF16" in dtypes and mixed_precision == "fp16":
+        raise ConfigError(f"{info.path}: bf16 weights overflow in fp16; use --mixed_precision bf16 (or no for fp32)")
+
+
+def setup(args) -> Run:
+    """Everything before the loop, in dependency order: process group, data, model, network, optimizer, state."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        # A LoRA may have layers that a batch does not reach (audio layers on an image batch).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    generator = torch.Generator().manual_seed(args.seed + rank)  # each rank draws its own noise and sigmas
+    torch.manual_seed(args.seed + rank)
+    for ignored in ("dit", "vae"):
+        if getattr(args, ignored) is not None and accelerator.is_main_process:
+            print(f"warning: --{ignored} is ignored; every model part comes from --ltx2_checkpoint")
+
+    info = read_checkpoint_info(args.ltx2_checkpoint)
+    check_precision(info, args.mixed_precision)
+    datasets = load_dataset_config(args.dataset_config)
+    weight_dtype = WEIGHT_DTYPES[args.mixed_precision]
+    model = load_transformer(
+        info, args.ltx_mode, dtype=weight_dtype, device=accelerator.device,
+        attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
+    )  # fmt: skip
+    context_dim = (
+        model.config.caption_channels if model.config.use_prompt_embeddings else model.config.cross_attention_dim
+    )
+    batches = CachedBatches(datasets, args.ltx_mode, args.seed, args.dataset_config, info.version, context_dim)
+
+    network_module = importlib.import_module(args.network_module)
+    targets = network_module.select_targets(model.backbone, args.ltx_mode, args.network_args)
+    spec = network_module.LoraSpec(args.network_dim, args.network_alpha, args.network_dropout, targets)
+    params = network_module.add_lora(model.backbone, spec)
+    if args.network_weights:
+        network_module.load_lora_weights(args.network_weights, model.backbone)
+    model.train()
+    optimizer = make_optimizer(params, args.optimizer_type, args.learning_rate, args.optimizer_args)
+
+    steps_per_epoch = max(1, len(batches) // world // args.gradient_accumulation_steps)
+    if len(batches) < world:
+        raise ConfigError(f"{len(batches)} batch(es) per epoch cannot feed {world} processes; add data or processes")
+    total_steps = args.max_train_epochs * steps_per_epoch if args.max_train_epochs else args.max_train_steps
+    fingerprint = {
+        "checkpoint": info.fingerprint, "mode": args.ltx_mode, "network_module": args.network_module,
+        "rank": args.network_dim, "alpha": args.network_alpha, "targets": list(targets),
+        "datasets": [dataset_digest(d) for d in datasets], "optimizer": args.optimizer_type,
+        "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
+        "batches_per_epoch": len(batches),
+    }  # fmt: skip
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = ckpt.TrainState(fingerprint=fingerprint)
+    if args.resume:
+        state = _resume(args.resume, accelerator, model, network_module, optimizer, generator, fingerprint)
+    logger = None
+    if accelerator.is_main_process:
+        logger = MetricLogger(args.logging_dir or args.output_dir / "logs", args.log_with, vars(args))
+    flow = FlowSettings(
+        args.timestep_sampling, args.discrete_flow_shift, args.sigmoid_scale, args.ltx2_first_frame_conditioning_p,
+        args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight,
+    )  # fmt: skip
+    return Run(args, accelerator, model, network_module, spec, optimizer, batches, flow, generator, state,
+               total_steps, steps_per_epoch, logger, fingerprint, weight_dtype)  # fmt: skip
+
+
+def _resume(directory, accelerator, model, network_module, optimizer, generator, fingerprint) -> ckpt.TrainState:
+    directory = Path(directory)
+    state = ckpt.read_state(directory)
+    ckpt.check_fingerprint(directory, state.fingerprint, fingerprint)
+    ckpt.load_trainable(directory, accelerator.unwrap_model(model).backbone)
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
+    ckpt.load_rng(directory, accelerator.process_index, generator)
+    return state
+
+
+def train(args) -> Path:
+    """Train a LoRA; return the final LoRA file."""
+    run = setup(args)
+    args, accelerator, state = run.args, run.accelerator, run.state
+    last_saved: Path | None = None
+    progress = tqdm(total=run.total_steps, initial=state.step, unit="step", desc="training",
+                    disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
+    try:
+        while state.step < run.total_steps:
+            run.batches.set_epoch(state.epoch)
+            share = _RankShare(run.batches, accelerator.process_index, accelerator.num_processes, state.batches_done)
+            loader = DataLoader(share, batch_size=None, num_workers=args.max_data_loader_n_workers)
+            window = {"loss": [], "video": [], "audio": [], "wait": 0.0}
+            waited = time.perf_counter()
+            for batch in loader:
+                window["wait"] += time.perf_counter() - waited
+                with accelerator.accumulate(run.model):
+                    loss, parts, inputs = _forward_backward(run, batch)
+                    _check_finite(loss, state, batch, last_saved)
+                    _collect(window, loss, parts, inputs)
+                    if accelerator.sync_gradients:
+                        learning_rate = args.learning_rate * lr_factor(
+                            state.step, run.total_steps, args.lr_scheduler, args.lr_warmup_steps
+                        )
+                        set_learning_rate(run.optimizer, learning_rate)
+                        if args.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                state.batches_done += 1
+                if accelerator.sync_gradients:
+                    state.step += 1
+                    _log(run, window, learning_rate, progress)
+                    window = {"loss": [], "video": [], "audio": [], "wait": 0.0}
+                    if args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
+                        last_saved = save_checkpoint(run, step=state.step)
+                    if state.step >= run.total_steps:
+                        break
+                waited = time.perf_counter()
+            else:  # the epoch ran out
+                state.epoch += 1
+                state.batches_done = 0
+                if args.save_every_n_epochs and state.epoch % args.save_every_n_epochs == 0:
+                    last_saved = save_checkpoint(run, step=state.step)
+    except KeyboardInterrupt:
+        path = save_checkpoint(run, step=state.step, name_suffix="-interrupted")
+        accelerator.print(f"\ninterrupted at step {state.step}; saved {path}")
+        raise
+    finally:
+        progress.close()
+        if run.logger is not None:
+            run.logger.close()
+    final = save_checkpoint(run, step=None)
+    accelerator.print(f"saved {final}")
+    return final
+
+
+def _forward_backward(run: Run, batch: dict):
+    inputs = prepare_inputs(batch, run.args.ltx_mode, run.flow, run.generator, run.accelerator.device, run.weight_dtype)
+    with run.accelerator.autocast():
+        predictions = run.model(inputs.video, inputs.audio)
+        loss, parts = compute_loss(predictions, inputs, run.flow)
+    run.accelerator.backward(loss)
+    return loss, parts, inputs
+
+
+def _check_finite(loss: torch.Tensor, state: ckpt.TrainState, batch: dict, last_saved: Path | None) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(
+            f"loss is {loss.item()} at step {state.step + 1} on {', '.join(batch['items'])}; last good LoRA: "
+            f"{last_saved or 'none saved yet'}; lower --learning_rate or check those caches"
+        )
+
+
+def _collect(window: dict, loss, parts, inputs) -> None:
+    window["loss"].append(loss.detach().float())
+    window["video"].append((parts["video"].detach().float(), inputs.video_sigma))
+    if "audio" in parts:
+        window["audio"].append((parts["audio"].detach().float(), inputs.audio_sigma))
+
+
+def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
+    """One record per optimizer step, on rank 0: total/video/audio loss, lr, loss per sigma bucket, data wait."""
+    metrics = {"loss": torch.stack(window["loss"]).mean().item(), "lr": learning_rate, "data_wait_s": window["wait"]}
+    for modality in ("video", "audio"):
+        if window[modality]:
+            values = torch.cat([v.cpu() for v, _ in window[modality]])
+            sigmas = torch.cat([s.cpu() for _, s in window[modality]])
+            metrics[f"loss_{modality}"] = values.mean().item()
+            if modality == "video" or "loss_video" not in metrics:
+                for value, sigma in zip(values.tolist(), sigmas.tolist(), strict=True):
+                    metrics.setdefault(f"loss_sigma_{sigma_bucket(sigma)}", []).append(value)
+    metrics = {k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in metrics.items()}
+    if run.logger is not None:
+        run.logger.log(metrics, run.state.step)
+    postfix = {"loss": f"{metrics['loss']:.4f}", "lr": f"{learning_rate:.2e}"}
+    for modality in ("video", "audio"):
+        if f"loss_{modality}" in metrics:
+            postfix[modality] = f"{metrics[f'loss_{modality}']:.4f}"
+    progress.set_postfix(postfix)
+    progress.update(1)
+
+
+def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
+    """The LoRA (rank 0), plus the resumable state with --save_state for intermediate saves; keeps the last N."""
+    args, accelerator = run.args, run.accelerator
+    output_dir: Path = args.output_dir
+    name = args.output_name + name_suffix
+    path = ckpt.lora_path(output_dir, name, step)
+    backbone = accelerator.unwrap_model(run.model).backbone
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        run.network_module.save_lora(path, backbone, run.spec, _lora_metadata(run), SAVE_DTYPES[args.save_precision])
+    if args.save_state and step is not None:
+        directory = ckpt.state_dir(output_dir, step)
+        if accelerator.is_main_process:
+            directory.mkdir(parents=True, exist_ok=True)
+            ckpt.save_trainable(directory, backbone)
+            ckpt.save_optimizer(directory, run.optimizer)
+            ckpt.write_state(directory, run.state)
+        accelerator.wait_for_everyone()
+        ckpt.save_rng(directory, accelerator.process_index, run.generator)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and step is not None and not name_suffix:
+        ckpt.keep_last(output_dir, args.output_name, args.save_last_n_checkpoints)
+    return path
+
+
+def _lora_metadata(run: Run) -> dict:
+    args = run.args
+    return {
+        "base_model_fingerprint": run.fingerprint["checkpoint"],
+        "ltx_mode": args.ltx_mode,
+        "training_step": str(run.state.step),
+        "training_settings": json.dumps(
+            {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}, sort_keys=True
+        ),
+    }
