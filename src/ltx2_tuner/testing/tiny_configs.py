@@ -11,9 +11,10 @@ import copy
 
 from ltx2_tuner.testing.tiny_gemma import TINY_GEMMA_HIDDEN_SIZE, TINY_GEMMA_NUM_LAYERS
 
-SIZES = ("tiny", "bench")
-# (heads, video head dim, audio head dim, layers): "bench" gives a few hundred MB of fp32 transformer weights.
-_TRANSFORMER_DIMS = {"tiny": (2, 16, 8, 2), "bench": (8, 64, 32, 16)}
+SIZES = ("tiny", "small", "bench")
+# (heads, video head dim, audio head dim, layers). "small" is as wide as a latent token (128) so that its outputs
+# can reach any latent (training tests); "bench" gives a few hundred MB of fp32 transformer weights.
+_TRANSFORMER_DIMS = {"tiny": (2, 16, 8, 2), "small": (2, 64, 64, 2), "bench": (8, 64, 32, 16)}
 NUM_REGISTERS = 128  # ltx-core hard-codes 128 learnable registers per connector
 
 # Values every LTX-2 transformer config carries (ltx-core checks them).

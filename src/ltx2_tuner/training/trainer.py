@@ -81,6 +81,10 @@ def check_precision(info, mixed_precision: str) -> None:
 
 def setup(args) -> Run:
     """Everything before the loop, in dependency order: process group, data, model, network, optimizer, state."""
+    # Validate what can be validated before any process group or weights exist.
+    info = read_checkpoint_info(args.ltx2_checkpoint)
+    check_precision(info, args.mixed_precision)
+    datasets = load_dataset_config(args.dataset_config)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -94,9 +98,6 @@ def setup(args) -> Run:
         if getattr(args, ignored) is not None and accelerator.is_main_process:
             print(f"warning: --{ignored} is ignored; every model part comes from --ltx2_checkpoint")
 
-    info = read_checkpoint_info(args.ltx2_checkpoint)
-    check_precision(info, args.mixed_precision)
-    datasets = load_dataset_config(args.dataset_config)
     weight_dtype = WEIGHT_DTYPES[args.mixed_precision]
     model = load_transformer(
         info, args.ltx_mode, dtype=weight_dtype, device=accelerator.device,

@@ -1,0 +1,75 @@
+"""Cache files written directly (no VAE, no Gemma), for trainer tests and benchmarks.
+
+They have exactly the layout and fingerprints `ltx2_cache_latents.py` and the text cacher write, filled with seeded
+random values, so training code can be tested in isolation and fast. Like real latents, each clip's latents have
+structure (a clip-wide mean per channel plus smaller token-level detail), which a LoRA can learn from the caption.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ltx2_tuner.cache import naming
+from ltx2_tuner.cache.latent_plan import dataset_digest
+from ltx2_tuner.cache.store import source_stamp, write_cache
+from ltx2_tuner.data.config import load_dataset_config
+
+
+def _structured(shape: tuple[int, ...], generator: torch.Generator, channel_dims=(0,)) -> torch.Tensor:
+    """A clip-wide mean per channel (std 1.5) plus token-level detail (std 0.3)."""
+    mean_shape = [size if dim in channel_dims else 1 for dim, size in enumerate(shape)]
+    return 1.5 * torch.randn(mean_shape, generator=generator) + 0.3 * torch.randn(shape, generator=generator)
+
+
+def write_synthetic_dataset(
+    root: Path,
+    stems: tuple[str, ...] = ("a", "b"),
+    frames: int = 17,
+    latent_size: tuple[int, int] = (2, 2),
+    fps: float = 24.0,
+    context_dims: tuple[int, int] = (32, 16),
+    text_tokens: int = 128,
+    with_audio: bool = True,
+    version: str = "2.3",
+    seed: int = 0,
+) -> Path:
+    """Write `root/dataset.toml`, placeholder media in `root/clips` and their caches; return the config path."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    config = root / "dataset.toml"
+    config.write_text(
+        f'[[datasets]]\nvideo_directory = "clips"\ncache_directory = "cache"\nbatch_size = 1\ntarget_frames = [{frames}]\n'
+    )
+    for stem in stems:
+        (root / "clips" / f"{stem}.mp4").write_bytes(stem.encode())
+    (dataset,) = load_dataset_config(config)
+    generator = torch.Generator().manual_seed(seed)
+    latent_frames = 1 + (frames - 1) // 8
+    audio_length = round(frames / fps * 25) + 1
+    for stem in stems:
+        key = naming.item_key(stem, 0, frames)
+        fingerprint = {
+            "source": source_stamp(root / "clips" / f"{stem}.mp4"),
+            "checkpoint": {"version": version},
+            "dataset": dataset_digest(dataset),
+            "bucket": [latent_size[1] * 32, latent_size[0] * 32],
+            "window": [0, frames],
+            "fps": fps,
+        }
+        latents = _structured((128, latent_frames, *latent_size), generator)
+        path = naming.latent_cache_path(dataset.cache_directory, key, 640, 360)
+        write_cache(path, {naming.latents_key(latents): latents}, fingerprint)
+        if with_audio:
+            audio = _structured((8, audio_length, 16), generator, channel_dims=(0, 2))
+            lengths = torch.tensor([audio_length], dtype=torch.int32)
+            audio_fingerprint = {**fingerprint, "audio_checkpoint": None, "audio": "synthetic"}
+            tensors = {naming.audio_latents_key(audio): audio, "audio_lengths_int32": lengths}
+            write_cache(naming.audio_cache_path(dataset.cache_directory, key), tensors, audio_fingerprint)
+        text = {
+            "video_prompt_embeds_float32": torch.randn(text_tokens, context_dims[0], generator=generator),
+            "audio_prompt_embeds_float32": torch.randn(text_tokens, context_dims[1], generator=generator),
+            "prompt_attention_mask": torch.ones(text_tokens, dtype=torch.int64),
+        }
+        write_cache(naming.text_cache_path(dataset.cache_directory, stem), text, {"caption": stem})
+    return config

@@ -1,0 +1,143 @@
+"""ltx2_train_network.py: the loss falls, saved LoRAs load in diffusers, resume equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ltx2_tuner.cli._common import run
+from ltx2_tuner.cli.train_network import main
+from ltx2_tuner.data.cached_dataset import CachedBatches
+from ltx2_tuner.data.config import load_dataset_config
+from ltx2_tuner.models import load_transformer
+from ltx2_tuner.networks import lora_ltx2
+from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
+from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
+
+
+def _train(checkpoint, config, output, *flags) -> int:
+    return run(main, ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--mixed_precision", "no",
+                      "--network_dim", "4", "--network_alpha", "4", "--output_dir", str(output),
+                      "--max_data_loader_n_workers", "0", "--log_with", "none", *flags])  # fmt: skip
+
+
+def _eval_loss(checkpoint, config, mode, lora_file=None, network_args=("preset=full",), rank=4) -> float:
+    """Loss on every batch with fixed noise and sigmas (seeded), for the base model or base + LoRA."""
+    model = load_transformer(checkpoint, mode=mode)
+    if lora_file is not None:
+        targets = lora_ltx2.select_targets(model.backbone, mode, list(network_args))
+        lora_ltx2.add_lora(model.backbone, lora_ltx2.LoraSpec(rank, float(rank), 0.0, targets))
+        lora_ltx2.load_lora_weights(lora_file, model.backbone)
+    batches = CachedBatches(load_dataset_config(config), mode)
+    generator = torch.Generator().manual_seed(1234)
+    flow = FlowSettings(sampler="uniform", first_frame_p=0.0)
+    losses = []
+    with torch.no_grad():
+        for _ in range(4):
+            for index in range(len(batches)):
+                inputs = prepare_inputs(batches[index], mode, flow, generator, torch.device("cpu"), torch.float32)
+                losses.append(compute_loss(model(inputs.video, inputs.audio), inputs, flow)[0].item())
+    return sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    from ltx2_tuner.testing import write_tiny_checkpoint
+
+    # As wide as a latent token (128), so a LoRA can move the outputs anywhere a latent can be.
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("small"), "2.3", size="small")
+
+
+@pytest.mark.parametrize("mode", ["video", "av"])
+def test_overfitting_two_clips_lowers_the_loss(small_checkpoint, tmp_path, mode):
+    checkpoint = small_checkpoint
+    config = write_synthetic_dataset(tmp_path / "data", context_dims=(128, 128), with_audio=mode == "av")
+    assert _train(checkpoint, config, tmp_path / "out", "--ltx_mode", mode, "--max_train_steps", "200",
+                  "--learning_rate", "3e-3", "--network_args", "preset=full") == 0  # fmt: skip
+    lora_file = tmp_path / "out" / "ltx2_lora.safetensors"
+    before = _eval_loss(checkpoint, config, mode)
+    after = _eval_loss(checkpoint, config, mode, lora_file)
+    assert after < 0.7 * before, (before, after)
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_checkpoints, tmp_path):
+    checkpoint = tiny_checkpoints["2.0"].path
+    config = write_synthetic_dataset(tmp_path / "data", stems=("a", "b", "c"), context_dims=(32, 32), version="2.0")
+    common = ("--ltx_mode", "av", "--max_train_steps", "20", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
+              "--lr_warmup_steps", "3", "--save_precision", "fp32")  # fmt: skip
+    assert _train(checkpoint, config, tmp_path / "full", *common) == 0
+    assert _train(checkpoint, config, tmp_path / "part", *common, "--save_every_n_steps", "10", "--save_state") == 0
+    state = tmp_path / "part" / "state-step000010"
+    assert json.loads((state / "train_state.json").read_text())["step"] == 10
+    (tmp_path / "part" / "ltx2_lora.safetensors").unlink()
+    assert _train(checkpoint, config, tmp_path / "part", *common, "--resume", str(state)) == 0
+    full = load_file(tmp_path / "full" / "ltx2_lora.safetensors")
+    resumed = load_file(tmp_path / "part" / "ltx2_lora.safetensors")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+    assert any(full[k].abs().sum() > 0 for k in full if "lora_B" in k)  # it did train
+
+
+def test_resume_refuses_a_changed_run(tiny_checkpoints, tmp_path, capsys):
+    checkpoint = tiny_checkpoints["2.3"].path
+    config = write_synthetic_dataset(tmp_path / "data")
+    assert _train(checkpoint, config, tmp_path / "out", "--max_train_steps", "4", "--save_every_n_steps", "2",
+                  "--save_state") == 0  # fmt: skip
+    capsys.readouterr()
+    assert _train(checkpoint, config, tmp_path / "out", "--max_train_steps", "4", "--network_dim", "8",
+                  "--resume", str(tmp_path / "out" / "state-step000002")) == 2  # fmt: skip
+    assert "cannot resume, the run changed (rank: 4 -> 8" in capsys.readouterr().err
+
+
+def test_saved_files_keep_the_last_n_and_carry_metadata(tiny_checkpoints, tmp_path):
+    from safetensors import safe_open
+
+    checkpoint = tiny_checkpoints["2.3"].path
+    config = write_synthetic_dataset(tmp_path / "data")
+    assert _train(checkpoint, config, tmp_path / "out", "--max_train_steps", "6", "--save_every_n_steps", "2",
+                  "--save_last_n_checkpoints", "2", "--save_state") == 0  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["logs", "ltx2_lora-step000004.safetensors", "ltx2_lora-step000006.safetensors", "ltx2_lora.safetensors",
+                     "state-step000004", "state-step000006"]  # fmt: skip
+    with safe_open(str(tmp_path / "out" / "ltx2_lora.safetensors"), framework="pt") as f:
+        metadata, dtype = f.metadata(), f.get_tensor(next(iter(f.keys()))).dtype
+    assert dtype == torch.bfloat16  # --save_precision bf16 by default
+    assert metadata["lora_rank"] == "4" and metadata["ltx_mode"] == "video" and metadata["training_step"] == "6"
+    assert json.loads(metadata["training_settings"])["learning_rate"] == 1e-4
+
+
+def test_nan_loss_stops_with_the_step_and_items(tiny_checkpoints, tmp_path, capsys):
+    checkpoint = tiny_checkpoints["2.3"].path
+    config = write_synthetic_dataset(tmp_path / "data")
+    assert _train(checkpoint, config, tmp_path / "out", "--max_train_steps", "5", "--learning_rate", "1e30",
+                  "--max_grad_norm", "0") == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "loss is nan at step" in err or "loss is inf at step" in err
+    assert "_00000-017" in err and "lower --learning_rate" in err
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tiny_checkpoints, tmp_path, capsys):
+    from ltx2_tuner.training.config import parse_args
+
+    settings = tmp_path / "train.toml"
+    settings.write_text('learning_rate = 5e-4\nnetwork_dim = 8\nnetwork_args = ["preset=full"]\nltx_mode = "av"\n'
+                        'dataset_config = "d.toml"\nltx2_checkpoint = "c.safetensors"\n')  # fmt: skip
+    args = parse_args(["--config_file", str(settings), "--network_dim", "16"])
+    assert args.learning_rate == 5e-4 and args.network_dim == 16 and args.network_args == ["preset=full"]
+    assert args.ltx_mode == "av" and str(args.dataset_config) == "d.toml"
+    settings.write_text("learning_rat = 1\n")
+    assert run(main, ["--config_file", str(settings)]) == 2
+    assert 'unknown key "learning_rat" (did you mean "learning_rate"?)' in capsys.readouterr().err
+
+
+def test_fp16_on_a_bf16_checkpoint_is_refused(tmp_path, capsys):
+    from ltx2_tuner.testing import write_tiny_checkpoint
+
+    checkpoint = write_tiny_checkpoint(tmp_path, "2.3", dtype=torch.bfloat16)
+    config = write_synthetic_dataset(tmp_path / "data")
+    code = run(main, ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--mixed_precision",
+                      "fp16", "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2 and "bf16 weights overflow in fp16; use --mixed_precision bf16" in capsys.readouterr().err
