@@ -86,6 +86,7 @@ def setup(args) -> Run:
     check_precision(info, args.mixed_precision)
     datasets = load_dataset_config(args.dataset_config)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run CPU processes (gloo)
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         # A LoRA may have layers that a batch does not reach (audio layers on an image batch).
