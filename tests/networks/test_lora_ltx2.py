@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import load_transformer, load_transformer_backbone
@@ -142,3 +142,27 @@ def test_mismatched_files_are_clear_errors(tiny_checkpoints, tmp_path):
     (tmp_path / "junk.safetensors").write_text("junk")
     with pytest.raises(lora.LoraFileError, match="not a readable LoRA"):
         lora.read_lora_file(tmp_path / "junk.safetensors")
+
+
+def test_converter_round_trips_between_formats(tiny_checkpoints, tmp_path, capsys):
+    from ltx2_tuner.cli._common import run
+    from ltx2_tuner.networks import convert_lora
+
+    path = tiny_checkpoints["2.3"].path
+    model, spec, _ = _network(path, mode="av", args=["preset=full"], rank=4, alpha=8.0)
+    official = tmp_path / "official.safetensors"
+    lora.save_lora(official, model.backbone, spec, {}, dtype=torch.float32)
+    assert run(convert_lora.main, [str(official), str(tmp_path / "musubi.safetensors"), "--to", "musubi"]) == 0
+    musubi = load_file(tmp_path / "musubi.safetensors")
+    assert all(k.startswith("lora_unet_model_transformer_blocks_") for k in musubi)
+    assert run(convert_lora.main, [str(tmp_path / "musubi.safetensors"), str(tmp_path / "back.safetensors")]) == 0
+    original, back = load_file(official), load_file(tmp_path / "back.safetensors")
+    assert original.keys() == back.keys() and all(torch.equal(original[k], back[k]) for k in original)
+    fresh, _, _ = _network(path, mode="av", args=["preset=full"], rank=4, alpha=8.0, seed=3)
+    lora.load_lora_weights(tmp_path / "musubi.safetensors", fresh.backbone)  # the trainer reads musubi files too
+    video, audio = make_inputs(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(video, audio)[0], model(video, audio)[0], rtol=0, atol=1e-6)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
+    assert run(convert_lora.main, [str(tmp_path / "bad.safetensors"), str(tmp_path / "x.safetensors")]) == 2
+    assert "not a readable LoRA" in capsys.readouterr().err
