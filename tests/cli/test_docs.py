@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from ltx2_tuner.cli import cache_latents, demo, inspect_checkpoint
+from ltx2_tuner.cli import cache_latents, cache_text_encoder_outputs, demo, inspect_checkpoint
 from ltx2_tuner.testing import make_tiny
 
 DOCS = (Path(__file__).parents[2] / "docs" / "commands.md").read_text()
 
 
-@pytest.mark.parametrize("command", [cache_latents, demo, inspect_checkpoint, make_tiny])
+@pytest.mark.parametrize("command", [cache_latents, cache_text_encoder_outputs, demo, inspect_checkpoint, make_tiny])
 def test_every_flag_is_documented(command):
     parser = command.build_parser()
     flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--") and s != "--help"]

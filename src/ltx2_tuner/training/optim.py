@@ -37,6 +37,10 @@ def make_optimizer(params, optimizer_type: str, learning_rate: float, args: list
     name = optimizer_type.lower()
     if name == "adamw":
         cls = torch.optim.AdamW
+        # One fused kernel over all LoRA tensors: the per-tensor default costs ~40x more on the CPU and is
+        # measurable next to a forward+backward even on GPUs.
+        if "foreach" not in kwargs:
+            kwargs.setdefault("fused", True)
     elif name == "adamw8bit":
         try:
             import bitsandbytes

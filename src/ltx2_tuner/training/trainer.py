@@ -166,7 +166,7 @@ def train(args) -> Path:
             run.batches.set_epoch(state.epoch)
             share = _RankShare(run.batches, accelerator.process_index, accelerator.num_processes, state.batches_done)
             loader = DataLoader(share, batch_size=None, num_workers=args.max_data_loader_n_workers)
-            window = {"loss": [], "video": [], "audio": [], "wait": 0.0}
+            window = _new_window()
             waited = time.perf_counter()
             for batch in loader:
                 window["wait"] += time.perf_counter() - waited
@@ -187,7 +187,7 @@ def train(args) -> Path:
                 if accelerator.sync_gradients:
                     state.step += 1
                     _log(run, window, learning_rate, progress)
-                    window = {"loss": [], "video": [], "audio": [], "wait": 0.0}
+                    window = _new_window()
                     if args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
                         last_saved = save_checkpoint(run, step=state.step)
                     if state.step >= run.total_steps:
@@ -228,6 +228,11 @@ def _check_finite(loss: torch.Tensor, state: ckpt.TrainState, batch: dict, last_
         )
 
 
+def _new_window() -> dict:
+    """What one optimizer step's micro-batches add up for the log."""
+    return {"loss": [], "video": [], "audio": [], "wait": 0.0, "start": time.perf_counter()}
+
+
 def _collect(window: dict, loss, parts, inputs) -> None:
     window["loss"].append(loss.detach().float())
     window["video"].append((parts["video"].detach().float(), inputs.video_sigma))
@@ -237,7 +242,12 @@ def _collect(window: dict, loss, parts, inputs) -> None:
 
 def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
     """One record per optimizer step, on rank 0: total/video/audio loss, lr, loss per sigma bucket, data wait."""
-    metrics = {"loss": torch.stack(window["loss"]).mean().item(), "lr": learning_rate, "data_wait_s": window["wait"]}
+    metrics = {
+        "loss": torch.stack(window["loss"]).mean().item(),
+        "lr": learning_rate,
+        "step_time_s": time.perf_counter() - window["start"],
+        "data_wait_s": window["wait"],
+    }
     for modality in ("video", "audio"):
         if window[modality]:
             values = torch.cat([v.cpu() for v, _ in window[modality]])

@@ -1,0 +1,237 @@
+"""Sample-prompt files (the trainer's previews) and their precached text embeddings.
+
+Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
+
+    line    := prompt { option }                 blank lines and lines starting with "#" are skipped
+    option  := "--" name value                   an option starts at whitespace + "--" + a letter
+    name    := w | h | f | d | s | g | fs | n
+
+    --w INT    width in pixels, multiple of 32              (default 768)
+    --h INT    height in pixels, multiple of 32             (default 512)
+    --f INT    frames, 8k+1 (1 = an image)                   (default 49)
+    --fs NUM   frame rate in frames per second              (default 24)
+    --d INT    seed                                         (default 42)
+    --s INT    denoising steps                              (default 30)
+    --g NUM    classifier-free guidance scale               (default 3.0)
+    --n TEXT   negative prompt: the text up to the next option (default: DEFAULT_NEGATIVE_PROMPT)
+
+    # a comment
+    a red fox runs through snow, tracking shot --w 768 --h 512 --f 49 --d 7 --n blurry, static --g 4
+
+The cache, `{prompt file stem}_ltx2_sample_te.safetensors` beside the prompt file, holds per prompt i
+`video_prompt_embeds_{i}` [1024, Dv], `audio_prompt_embeds_{i}` (AV), `prompt_attention_mask_{i}` [1024] and the same
+with a `negative_` prefix, plus metadata: the parsed prompts (JSON) and a fingerprint. The trainer's previews read it
+with `load_sample_prompt_cache` and never load Gemma while it matches the prompt file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
+from ltx2_tuner.errors import CacheError, DatasetError
+
+SAMPLE_CACHE_SUFFIX = "_ltx2_sample_te.safetensors"
+DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"  # official trainer's
+_OPTION_START = re.compile(r"\s+--(?=[A-Za-z])")
+_PROMPTS_KEY = "prompts"
+_COMMAND = "python ltx2_cache_text_encoder_outputs.py"
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One line of a prompt file, with defaults filled in."""
+
+    prompt: str
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    width: int = 768
+    height: int = 512
+    num_frames: int = 49
+    frame_rate: float = 24.0
+    seed: int = 42
+    steps: int = 30
+    guidance_scale: float = 3.0
+
+
+# option name -> (field, parser)
+_OPTIONS = {
+    "w": ("width", int),
+    "h": ("height", int),
+    "f": ("num_frames", int),
+    "fs": ("frame_rate", float),
+    "d": ("seed", int),
+    "s": ("steps", int),
+    "g": ("guidance_scale", float),
+    "n": ("negative_prompt", str),
+}
+
+
+def parse_prompt_line(line: str, where: str) -> SamplePrompt:
+    """Parse one non-comment line; DatasetError naming `where` (file:line) for anything invalid."""
+    prompt, *segments = _OPTION_START.split(line.strip())
+    prompt = prompt.strip()
+    if not prompt or prompt.startswith("--"):
+        raise DatasetError(f"{where}: the line has options but no prompt; write the prompt first")
+    values: dict[str, object] = {}
+    for segment in segments:
+        name, *rest = segment.strip().split(maxsplit=1)
+        value = rest[0].strip() if rest else ""
+        if name not in _OPTIONS:
+            known = " ".join(f"--{k}" for k in _OPTIONS)
+            raise DatasetError(f"{where}: unknown option --{name}; the options are {known}")
+        field_name, parse = _OPTIONS[name]
+        if field_name in values:
+            raise DatasetError(f"{where}: --{name} is given twice")
+        try:
+            values[field_name] = parse(value)
+        except ValueError:
+            kind = "an integer" if parse is int else "a number"
+            raise DatasetError(f"{where}: --{name} needs {kind}, not {value!r}") from None
+    sample = SamplePrompt(prompt=prompt, **values)
+    _check(sample, where)
+    return sample
+
+
+def _check(sample: SamplePrompt, where: str) -> None:
+    for name, size in (("w", sample.width), ("h", sample.height)):
+        if size < 32 or size % 32:
+            raise DatasetError(f"{where}: --{name} {size} must be a positive multiple of 32 (the VAE's factor)")
+    if sample.num_frames < 1 or (sample.num_frames - 1) % 8:
+        nearest = max(1, round((sample.num_frames - 1) / 8) * 8 + 1)
+        raise DatasetError(f"{where}: --f {sample.num_frames} must be 8k+1 (1, 9, 17, ...); e.g. {nearest}")
+    if sample.frame_rate <= 0 or sample.steps < 1 or sample.guidance_scale < 0:
+        raise DatasetError(f"{where}: --fs and --s must be positive and --g not negative")
+
+
+def read_sample_prompts(path: str | Path) -> list[SamplePrompt]:
+    """Every prompt of a prompt file, in order; DatasetError (file:line) for a bad line or an empty file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: sample prompt file not found")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            prompts.append(parse_prompt_line(line, f"{path}:{number}"))
+    if not prompts:
+        raise DatasetError(f"{path}: no prompts (one per line; '#' starts a comment)")
+    return prompts
+
+
+def sample_cache_path(prompts_file: str | Path) -> Path:
+    prompts_file = Path(prompts_file)
+    return prompts_file.with_name(f"{prompts_file.stem}{SAMPLE_CACHE_SUFFIX}")
+
+
+def prompts_digest(prompts: list[SamplePrompt]) -> str:
+    """Identifies the parsed prompts (comments and spacing do not count)."""
+    return hashlib.sha256(_prompts_json(prompts).encode()).hexdigest()
+
+
+def _prompts_json(prompts: list[SamplePrompt]) -> str:
+    return json.dumps([dataclasses.asdict(p) for p in prompts], sort_keys=True)
+
+
+def write_sample_prompt_cache(
+    path: Path,
+    prompts: list[SamplePrompt],
+    embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]],
+    fingerprint: dict,
+) -> None:
+    """Write the cache. embeddings: text -> (video [T, Dv], audio [T, Da] or None, mask [T]) for every prompt and
+    negative prompt; fingerprint: the text cache stamp's fields (connectors, Gemma, mode, dtype)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for index, sample in enumerate(prompts):
+        for prefix, text in (("", sample.prompt), ("negative_", sample.negative_prompt)):
+            video, audio, mask = embeddings[text]
+            # Clones: prompts may share a negative prompt, and safetensors refuses shared memory.
+            tensors[f"{prefix}video_prompt_embeds_{index}"] = video.clone()
+            if audio is not None:
+                tensors[f"{prefix}audio_prompt_embeds_{index}"] = audio.clone()
+            tensors[f"{prefix}prompt_attention_mask_{index}"] = mask.to(torch.int64).clone()
+    full = {**fingerprint, "prompts_sha256": prompts_digest(prompts)}
+    write_cache(path, tensors, full, **{_PROMPTS_KEY: _prompts_json(prompts)})
+
+
+def sample_cache_is_current(path: Path, prompts: list[SamplePrompt], fingerprint: dict) -> bool:
+    return not differences(read_fingerprint(path), {**fingerprint, "prompts_sha256": prompts_digest(prompts)})
+
+
+@dataclass(frozen=True)
+class SamplePromptEmbeds:
+    """A parsed prompt with its cached text context (shapes [1024, D]; audio None in video mode)."""
+
+    sample: SamplePrompt
+    video: torch.Tensor
+    audio: torch.Tensor | None
+    mask: torch.Tensor
+    negative_video: torch.Tensor
+    negative_audio: torch.Tensor | None
+    negative_mask: torch.Tensor
+
+
+def load_sample_prompt_cache(
+    path: str | Path, prompts_file: str | Path, mode: str | None = None, version: str | None = None
+) -> list[SamplePromptEmbeds]:
+    """The cached embeddings of `prompts_file`'s prompts, after checking the cache was made from that file.
+
+    `mode` ("av" needs audio embeddings) and `version` (the model family of the connectors) are checked when given.
+    CacheError naming the command to run when the cache is missing, stale or does not fit.
+    """
+    path, prompts_file = Path(path), Path(prompts_file)
+    prompts = read_sample_prompts(prompts_file)
+    rerun = f"run `{_COMMAND} ... --sample_prompts {prompts_file}`" + (" with --ltx_mode av" if mode == "av" else "")
+    stored = read_fingerprint(path)
+    if stored is None:
+        raise CacheError(f"{path}: no sample prompt embeddings for {prompts_file}; {rerun}")
+    if stored.get("prompts_sha256") != prompts_digest(prompts):
+        raise CacheError(f"{path}: stale, {prompts_file} changed since its prompts were encoded; {rerun}")
+    if mode == "av" and stored.get("mode") != "av":
+        raise CacheError(f"{path}: was encoded for video only, but AV previews need audio embeddings; {rerun}")
+    cached_version = (stored.get("connectors") or {}).get("version")
+    if version is not None and cached_version != version:
+        raise CacheError(f"{path}: was encoded with LTX-{cached_version} connectors, not LTX-{version}; {rerun}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not iterable)
+    except (OSError, SafetensorError) as error:
+        raise CacheError(f"{path}: cannot be read ({error}); {rerun}") from None
+    return [_embeds(sample, index, tensors) for index, sample in enumerate(prompts)]
+
+
+def _embeds(sample: SamplePrompt, index: int, tensors: dict[str, torch.Tensor]) -> SamplePromptEmbeds:
+    return SamplePromptEmbeds(
+        sample=sample,
+        video=tensors[f"video_prompt_embeds_{index}"],
+        audio=tensors.get(f"audio_prompt_embeds_{index}"),
+        mask=tensors[f"prompt_attention_mask_{index}"],
+        negative_video=tensors[f"negative_video_prompt_embeds_{index}"],
+        negative_audio=tensors.get(f"negative_audio_prompt_embeds_{index}"),
+        negative_mask=tensors[f"negative_prompt_attention_mask_{index}"],
+    )
+
+
+def cache_sample_prompts(
+    path: Path,
+    prompts: list[SamplePrompt],
+    encode,
+    fingerprint: dict,
+    batch_size: int = 1,
+) -> None:
+    """Encode each distinct prompt and negative prompt once with `encode` (a `text_cacher.PromptEncoder`) and write
+    the cache."""
+    texts = list(dict.fromkeys(text for p in prompts for text in (p.prompt, p.negative_prompt)))
+    embeddings = {}
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        video, audio, mask = encode(batch)
+        for index, text in enumerate(batch):
+            embeddings[text] = (video[index], None if audio is None else audio[index], mask[index])
+    write_sample_prompt_cache(path, prompts, embeddings, fingerprint)

@@ -1,0 +1,163 @@
+"""Text encoder caches: one file per media stem with the final text context the transformer reads.
+
+    {cache_directory}/{stem}_ltx2_te.safetensors
+      video_prompt_embeds_{dtype}   [1024, Dv]   connector output (Dv = 3840 for LTX-2.0, 4096 for LTX-2.3)
+      audio_prompt_embeds_{dtype}   [1024, Da]   AV mode only (Da = 3840 / 2048)
+      prompt_attention_mask         [1024]       int64; the connectors' mask: all ones (registers fill padding)
+      text_{dtype}, text_mask                    compatibility copies: video, or cat([video, audio], -1) in AV
+
+The fingerprint records the caption (sha256), the connectors (file fingerprint + model family), Gemma (directory
+identity + quantization), the mode, the dtype and whether compatibility keys are written. With `skip_existing` a
+file is reused only when every field matches, so editing one caption re-encodes exactly that item.
+Every caption is read and checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ltx2_tuner.cache import naming
+from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
+from ltx2_tuner.data.config import DatasetConfig
+from ltx2_tuner.data.items import MediaItem, list_media, read_caption
+from ltx2_tuner.errors import ConfigError, DatasetError
+
+# captions -> (video [B, T, Dv], audio [B, T, Da] or None, mask [B, T]), on the CPU (text_embeddings.encode_prompts)
+PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TextStamp:
+    """Everything besides the caption that a text cache depends on."""
+
+    connectors: dict  # {"file": checkpoint fingerprint, "version": "2.0" | "2.3"}
+    gemma: dict | None  # {"identity", "quantization"}; None: unknown (no --gemma_root), not compared
+    mode: str  # "video" or "av"
+    dtype: torch.dtype  # the connectors' (and the stored embeddings') dtype
+    compat_keys: bool
+
+    def models(self) -> dict:
+        """The fields that say how text became embeddings (shared with the sample-prompt cache)."""
+        fields = {"connectors": self.connectors, "mode": self.mode, "dtype": naming.dtype_name(self.dtype)}
+        if self.gemma is not None:
+            fields["gemma"] = self.gemma
+        return fields
+
+    def fingerprint(self, text: str) -> dict:
+        """The fingerprint of the cache file of a caption."""
+        caption = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return {"caption_sha256": caption, **self.models(), "compat_keys": self.compat_keys}
+
+
+@dataclass(frozen=True)
+class TextJob:
+    item: MediaItem
+    caption: str
+    path: Path
+
+
+@dataclass
+class TextCacheSummary:
+    encoded: int = 0
+    reused: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def plan_text_jobs(datasets: list[DatasetConfig], allow_empty: bool = False) -> list[TextJob]:
+    """One job per media stem, caption read and checked now; DatasetError naming the first bad caption file."""
+    jobs, problems = [], []
+    for dataset in datasets:
+        for item in list_media(dataset):
+            try:
+                caption = read_caption(item, allow_empty=allow_empty)
+            except DatasetError as error:
+                exists = item.caption is not None or item.caption_path.is_file()  # so it was empty
+                problems.append(f"{error} (--allow_empty_captions)" if exists else str(error))
+                continue
+            jobs.append(TextJob(item, caption, naming.text_cache_path(dataset.cache_directory, item.stem)))
+    if problems:
+        more = f" (and {len(problems) - 1} more caption problem(s))" if len(problems) > 1 else ""
+        raise DatasetError(problems[0] + more)
+    return jobs
+
+
+def is_current(path: Path, fingerprint: dict) -> bool:
+    return not differences(read_fingerprint(path), fingerprint)
+
+
+def pending_jobs(jobs: list[TextJob], stamp: TextStamp, skip_existing: bool) -> list[TextJob]:
+    """The jobs to encode: all, or with `skip_existing` those whose file is missing or stale."""
+    if not skip_existing:
+        return list(jobs)
+    return [job for job in jobs if not is_current(job.path, stamp.fingerprint(job.caption))]
+
+
+def remove_interrupted_writes(directory: Path) -> int:
+    """Delete the temporary text cache files a killed run left in `directory`; return how many.
+
+    Only ours (`.{stem}_ltx2_te.safetensors.tmp{pid}`): a latent caching run may be writing into the same folder.
+    """
+    leftovers = list(directory.glob(f".*{naming.TEXT_SUFFIX}.tmp*")) if directory.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def cache_tensors(
+    video: torch.Tensor, audio: torch.Tensor | None, mask: torch.Tensor, compat_keys: bool
+) -> dict[str, torch.Tensor]:
+    """The tensors of one text cache file. video [T, Dv], audio [T, Da] or None, mask [T]."""
+    dtype = naming.dtype_name(video.dtype)
+    mask = mask.to(torch.int64)
+    tensors = {f"video_prompt_embeds_{dtype}": video, "prompt_attention_mask": mask}
+    if audio is not None:
+        tensors[f"audio_prompt_embeds_{dtype}"] = audio
+    if compat_keys:
+        # Copies, because safetensors refuses tensors that share memory.
+        text = video.clone() if audio is None else torch.cat([video, audio], dim=-1)
+        tensors[f"text_{dtype}"] = text
+        tensors["text_mask"] = mask.clone()
+    return tensors
+
+
+def check_finite(video: torch.Tensor, audio: torch.Tensor | None, dtype: torch.dtype) -> None:
+    """ConfigError when fp16 overflowed (Gemma 3's hidden states reach magnitudes fp16 cannot hold)."""
+    finite = bool(torch.isfinite(video).all()) and (audio is None or bool(torch.isfinite(audio).all()))
+    if not finite:
+        raise ConfigError(
+            f"the text embeddings overflowed in {naming.dtype_name(dtype)} (Gemma's activations are large); "
+            "use --mixed_precision bf16 or no"
+        )
+
+
+def _batches(jobs: list[TextJob], batch_size: int) -> Iterator[list[TextJob]]:
+    for start in range(0, len(jobs), batch_size):
+        yield jobs[start : start + batch_size]
+
+
+def cache_text(
+    pending: list[TextJob], encode: PromptEncoder, stamp: TextStamp, batch_size: int = 1
+) -> TextCacheSummary:
+    """Encode `pending` in batches and write each file atomically; return what happened."""
+    summary = TextCacheSummary()
+    with tqdm(total=len(pending), unit="caption", desc="encoding captions", dynamic_ncols=True) as progress:
+        for batch in _batches(pending, batch_size):
+            video, audio, mask = encode([job.caption for job in batch])
+            for index, job in enumerate(batch):
+                tensors = cache_tensors(
+                    video[index], None if audio is None else audio[index], mask[index], stamp.compat_keys
+                )
+                try:
+                    write_cache(job.path, tensors, stamp.fingerprint(job.caption), mode=stamp.mode)
+                except OSError as error:  # e.g. a full disk: report it, keep going with the others
+                    summary.failed.append(f"{job.path}: {error}")
+                    continue
+                summary.encoded += 1
+            progress.update(len(batch))
+    return summary

@@ -1,0 +1,171 @@
+"""Cache Gemma text embeddings of a dataset's captions: `ltx2_cache_text_encoder_outputs.py`.
+
+    python ltx2_cache_text_encoder_outputs.py --dataset_config dataset.toml \\
+        --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
+        [--ltx_mode av] [--skip_existing] [--sample_prompts prompts.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ltx2_tuner.cli._common import run
+from ltx2_tuner.errors import ConfigError
+
+PRECISIONS = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GEMMA_DTYPE = torch.bfloat16  # Gemma 3's own dtype, as the official trainer and diffusers' pipeline run it
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltx2_cache_text_encoder_outputs.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset_config", type=Path, required=True, help="dataset TOML (see docs/dataset-config.md)")
+    parser.add_argument(
+        "--ltx2_checkpoint", type=Path, required=True, help="official LTX-2 / LTX-2.3 checkpoint (.safetensors)"
+    )
+    parser.add_argument(
+        "--ltx2_text_encoder_checkpoint",
+        type=Path,
+        help="file with the text connectors and projection, when --ltx2_checkpoint lacks them",
+    )
+    parser.add_argument(
+        "--gemma_root",
+        type=Path,
+        help="local Gemma 3 directory (gemma-3-12b-it); not needed when --skip_existing finds every cache current",
+    )
+    parser.add_argument("--ltx_mode", choices=("video", "av"), default="video", help="av also caches audio embeddings")
+    parser.add_argument(
+        "--mixed_precision",
+        choices=tuple(PRECISIONS),
+        default="bf16",
+        help="dtype of the connectors and of the stored embeddings (no = float32; default bf16)",
+    )
+    parser.add_argument("--batch_size", type=int, default=1, help="captions per Gemma call (default 1)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--skip_existing", action="store_true", help="reuse caches whose fingerprint matches")
+    parser.add_argument("--gemma_load_in_8bit", action="store_true", help="8-bit Gemma (bitsandbytes, CUDA only)")
+    parser.add_argument("--gemma_load_in_4bit", action="store_true", help="4-bit NF4 Gemma (bitsandbytes, CUDA only)")
+    parser.add_argument("--allow_empty_captions", action="store_true", help="encode empty captions instead of failing")
+    parser.add_argument(
+        "--no_compat_text_keys", action="store_true", help="do not write the text_{dtype}/text_mask copies"
+    )
+    parser.add_argument("--sample_prompts", type=Path, help="prompt file of the trainer's previews: cache it too")
+    parser.add_argument(
+        "--sample_prompts_cache",
+        type=Path,
+        help="where to write the sample prompt cache (default: {prompt file stem}_ltx2_sample_te.safetensors beside it)",
+    )
+    return parser
+
+
+def _quantization(args) -> str | None:
+    if args.gemma_load_in_8bit and args.gemma_load_in_4bit:
+        raise ConfigError("--gemma_load_in_8bit and --gemma_load_in_4bit exclude each other; pass one")
+    return "8bit" if args.gemma_load_in_8bit else "4bit" if args.gemma_load_in_4bit else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ltx2_tuner.cache import sample_prompts as samples
+    from ltx2_tuner.cache.text_cacher import (
+        TextCacheSummary,
+        TextStamp,
+        cache_text,
+        pending_jobs,
+        plan_text_jobs,
+        remove_interrupted_writes,
+    )
+    from ltx2_tuner.data.config import load_dataset_config
+    from ltx2_tuner.models.text_embeddings import connector_checkpoint, connector_input, require_connector_weights
+    from ltx2_tuner.models.text_encoder import check_gemma_fits, check_quantization, inspect_gemma
+
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise ConfigError("--batch_size must be >= 1")
+    if args.sample_prompts_cache and not args.sample_prompts:
+        raise ConfigError("--sample_prompts_cache needs --sample_prompts")
+    quantization = _quantization(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = PRECISIONS[args.mixed_precision]
+
+    # Everything that can be wrong is found here, before any weights load.
+    check_quantization(quantization, device)
+    datasets = load_dataset_config(args.dataset_config)
+    info = connector_checkpoint(args.ltx2_checkpoint, args.ltx2_text_encoder_checkpoint)
+    require_connector_weights(info, args.ltx_mode)
+    gemma = inspect_gemma(args.gemma_root) if args.gemma_root else None
+    if gemma is not None:
+        check_gemma_fits(gemma, *connector_input(info), info.path)
+    prompts = samples.read_sample_prompts(args.sample_prompts) if args.sample_prompts else None
+    jobs = plan_text_jobs(datasets, allow_empty=args.allow_empty_captions)
+
+    stamp = TextStamp(
+        connectors={"file": info.fingerprint, "version": info.version},
+        gemma=None if gemma is None else {"identity": gemma.identity, "quantization": quantization or "none"},
+        mode=args.ltx_mode,
+        dtype=dtype,
+        compat_keys=not args.no_compat_text_keys,
+    )
+    for dataset in datasets:
+        remove_interrupted_writes(dataset.cache_directory)
+    pending = pending_jobs(jobs, stamp, args.skip_existing)
+    sample_path = args.sample_prompts_cache or (samples.sample_cache_path(args.sample_prompts) if prompts else None)
+    sample_needed = prompts is not None and not (
+        args.skip_existing and samples.sample_cache_is_current(sample_path, prompts, stamp.models())
+    )
+    if (pending or sample_needed) and gemma is None:
+        what = [f"{len(pending)} caption(s)"] if pending else []
+        what += ["the sample prompts"] if sample_needed else []
+        raise ConfigError(
+            f"{' and '.join(what)} need encoding; pass --gemma_root with the Gemma 3 directory (e.g. gemma-3-12b-it)"
+        )
+
+    summary = TextCacheSummary(reused=len(jobs) - len(pending))
+    print(
+        f"encoding {len(pending)} of {len(jobs)} caption(s) with {info.path.name} (LTX-{info.version}, "
+        f"{args.ltx_mode}, {args.mixed_precision}) on {device}",
+        flush=True,
+    )
+    if pending or sample_needed:
+        encode, unload = _load_encoder(info, gemma, args.ltx_mode, dtype, device, quantization)
+        try:
+            result = cache_text(pending, encode, stamp, args.batch_size)
+            summary.encoded, summary.failed = result.encoded, result.failed
+            if sample_needed:
+                samples.cache_sample_prompts(sample_path, prompts, encode, stamp.models(), args.batch_size)
+        finally:
+            unload()
+    if prompts is not None:
+        state = "written" if sample_needed else "current, reused"
+        print(f"sample prompts: {len(prompts)} prompt(s) in {sample_path} ({state})")
+    print(f"done: {summary.encoded} encoded, {summary.reused} reused, {len(summary.failed)} failed")
+    for reason in summary.failed:
+        print(f"  failed: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _load_encoder(info, gemma, mode: str, dtype: torch.dtype, device: torch.device, quantization: str | None):
+    """(captions -> CPU embeddings, unload). Connectors load first: they are smaller and fail faster than Gemma.
+
+    Gemma and the connectors stay loaded together and each batch goes through both at once, so only the final
+    embeddings (~12-15 MB per caption) are kept, never the packed Gemma features (~385 MB per caption).
+    """
+    from ltx2_tuner.cache.text_cacher import check_finite
+    from ltx2_tuner.models.text_embeddings import encode_prompts, load_text_embedder
+    from ltx2_tuner.models.text_encoder import load_gemma
+
+    embedder = load_text_embedder(info, mode, dtype, device)
+    text_encoder = load_gemma(gemma, GEMMA_DTYPE, device, quantization)
+
+    def encode(texts: list[str]):
+        video, audio, mask = encode_prompts(text_encoder, embedder, texts)
+        check_finite(video, audio, dtype)
+        return video, audio, mask
+
+    return encode, text_encoder.unload
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,138 @@
+"""Sample prompt files: parsing, the precached embeddings, and staleness."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from ltx2_tuner.cache.sample_prompts import (
+    DEFAULT_NEGATIVE_PROMPT,
+    SamplePrompt,
+    load_sample_prompt_cache,
+    parse_prompt_line,
+    read_sample_prompts,
+)
+from ltx2_tuner.cli._common import run
+from ltx2_tuner.cli.cache_text_encoder_outputs import main
+from ltx2_tuner.errors import CacheError, DatasetError
+
+PROMPTS = """\
+# previews of the fox LoRA
+
+a red fox runs through deep snow --w 256 --h 128 --f 9 --d 7 --s 20 --g 4.5 --fs 25 --n blurry, static --w2 x
+"""
+
+
+def test_options_negative_prompt_and_defaults():
+    line = "a red fox -- running --w 256 --h 128 --f 9 --d 7 --s 20 --g 4.5 --fs 25 --n blurry, static"
+    assert parse_prompt_line(line, "p.txt:1") == SamplePrompt(
+        prompt="a red fox -- running",  # "--" not followed by a letter is prompt text
+        negative_prompt="blurry, static",
+        width=256,
+        height=128,
+        num_frames=9,
+        frame_rate=25.0,
+        seed=7,
+        steps=20,
+        guidance_scale=4.5,
+    )
+    plain = parse_prompt_line("  a cat  ", "p.txt:2")
+    assert plain == SamplePrompt("a cat") and plain.negative_prompt == DEFAULT_NEGATIVE_PROMPT
+    assert parse_prompt_line("a cat --n  --d 3", "p.txt:3").negative_prompt == ""  # an empty negative prompt
+
+
+def test_comments_blank_lines_and_errors_with_line_numbers(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("# comment\n\n  # indented comment\nfirst --d 1\nsecond\n", encoding="utf-8")
+    assert [p.prompt for p in read_sample_prompts(path)] == ["first", "second"]
+
+    path.write_text(PROMPTS, encoding="utf-8")
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}:3: unknown option --w2; the options are --w --h"):
+        read_sample_prompts(path)
+    for line, message in (
+        ("a --w wide", r"p:1: --w needs an integer, not 'wide'"),
+        ("a --g", r"p:1: --g needs a number, not ''"),
+        ("a --f 10", r"p:1: --f 10 must be 8k\+1 .* e\.g\. 9"),
+        ("a --w 100", r"p:1: --w 100 must be a positive multiple of 32"),
+        ("a --d 1 --d 2", r"p:1: --d is given twice"),
+        ("--w 256", r"p:1: the line has options but no prompt"),
+    ):
+        with pytest.raises(DatasetError, match=message):
+            parse_prompt_line(line, "p:1")
+    path.write_text("# only comments\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match="no prompts"):
+        read_sample_prompts(path)
+
+
+def _dataset(tmp_path: Path) -> Path:
+    (tmp_path / "stills").mkdir()
+    Image.new("RGB", (40, 30)).save(tmp_path / "stills" / "fox.png")
+    (tmp_path / "stills" / "fox.txt").write_text("a red fox", encoding="utf-8")
+    config = tmp_path / "dataset.toml"
+    config.write_text('[[datasets]]\nimage_directory = "stills"\ncache_directory = "cache"\nresolution = [64, 32]\n')
+    return config
+
+
+def _cache(config, checkpoint, gemma, *flags) -> int:
+    argv = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--device", "cpu", *flags]
+    return run(main, argv + (["--gemma_root", str(gemma)] if gemma else []))
+
+
+def test_cache_round_trip_and_staleness(tmp_path, tiny_checkpoints, tiny_gemma_dir, capsys):
+    config, checkpoint = _dataset(tmp_path), tiny_checkpoints["2.3"].path
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# previews\na red fox --n a cat --f 9\na cat --n a cat\n", encoding="utf-8")
+    assert _cache(config, checkpoint, tiny_gemma_dir, "--ltx_mode", "av", "--sample_prompts", str(prompts)) == 0
+    cache = tmp_path / "prompts_ltx2_sample_te.safetensors"
+    assert f"sample prompts: 2 prompt(s) in {cache} (written)" in capsys.readouterr().out
+
+    with safe_open(str(cache), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(
+            f"{neg}{name}_{i}" for i in (0, 1) for neg in ("", "negative_")
+            for name in ("video_prompt_embeds", "audio_prompt_embeds", "prompt_attention_mask")
+        )  # fmt: skip
+    embeds = load_sample_prompt_cache(cache, prompts, mode="av", version="2.3")
+    assert [e.sample.prompt for e in embeds] == ["a red fox", "a cat"] and embeds[0].sample.num_frames == 9
+    with safe_open(str(tmp_path / "cache" / "fox_ltx2_te.safetensors"), framework="pt") as f:
+        caption_video = f.get_tensor("video_prompt_embeds_bfloat16")  # the same text in the dataset cache
+        caption_audio = f.get_tensor("audio_prompt_embeds_bfloat16")
+    assert torch.equal(embeds[0].video, caption_video) and torch.equal(embeds[0].audio, caption_audio)
+    assert embeds[0].video.shape == (1024, 32) and embeds[0].audio.shape == (1024, 16)
+    assert torch.equal(embeds[0].negative_video, embeds[1].video) and embeds[1].mask.eq(1).all()
+
+    # Comments do not matter; a changed option does. Current caches need no Gemma with --skip_existing.
+    prompts.write_text("a red fox --n a cat --f 9\n# new comment\na cat --n a cat\n", encoding="utf-8")
+    load_sample_prompt_cache(cache, prompts)
+    assert (
+        _cache(config, checkpoint, None, "--ltx_mode", "av", "--sample_prompts", str(prompts), "--skip_existing") == 0
+    )
+    assert "(current, reused)" in capsys.readouterr().out
+    prompts.write_text("a red fox --n a cat --f 17\na cat --n a cat\n", encoding="utf-8")
+    with pytest.raises(
+        CacheError,
+        match=rf"{re.escape(str(cache))}: stale, .*prompts\.txt changed .* ltx2_cache_text_encoder_outputs\.py",
+    ):
+        load_sample_prompt_cache(cache, prompts)
+    prompts.write_text("a red fox --n a cat --f 9\na cat --n a cat\n", encoding="utf-8")
+    with pytest.raises(CacheError, match=r"LTX-2\.3 connectors, not LTX-2\.0"):
+        load_sample_prompt_cache(cache, prompts, version="2.0")
+
+
+def test_video_only_cache_does_not_serve_av_previews(tmp_path, tiny_checkpoints, tiny_gemma_dir):
+    config = _dataset(tmp_path)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\n", encoding="utf-8")
+    custom = tmp_path / "elsewhere" / "samples.safetensors"
+    flags = ("--sample_prompts", str(prompts), "--sample_prompts_cache", str(custom))
+    assert _cache(config, tiny_checkpoints["2.0"].path, tiny_gemma_dir, *flags) == 0
+    embeds = load_sample_prompt_cache(custom, prompts, mode="video")
+    assert embeds[0].audio is None and embeds[0].video.shape == (1024, 32)
+    with pytest.raises(CacheError, match=r"video only, but AV previews need audio embeddings; run .* --ltx_mode av"):
+        load_sample_prompt_cache(custom, prompts, mode="av")
+    with pytest.raises(CacheError, match=r"no sample prompt embeddings for .*p\.txt; run `python ltx2_cache_text"):
+        load_sample_prompt_cache(tmp_path / "missing.safetensors", prompts)
