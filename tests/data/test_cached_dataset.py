@@ -149,3 +149,33 @@ def test_caches_of_other_settings_are_ignored_not_trained(tmp_path):
     with pytest.warns(UserWarning, match="ignored 1 cache file"):
         batches = CachedBatches([changed], "video")
     assert [batches[i]["items"] for i in range(len(batches))] == [["a_00000-017"]]
+
+
+def test_text_cache_must_fit_the_mode_the_model_and_the_caption(tmp_path):
+    import hashlib
+
+    (dataset,) = load_dataset_config(_dataset(tmp_path, batch_size=1))
+    _cache_item(dataset, "a", 9, latent_frames=2, audio_len=10, text=False)
+    (dataset.source / "a.txt").write_text("a red ball")
+    text_path = naming.text_cache_path(dataset.cache_directory, "a")
+    tensors = {
+        "video_prompt_embeds_float32": torch.zeros(16, 8),
+        "prompt_attention_mask": torch.ones(16, dtype=torch.int64),
+    }
+
+    def write_text(mode, version, caption):
+        digest = hashlib.sha256(caption.encode()).hexdigest()
+        write_cache(text_path, tensors, {"caption_sha256": digest, "mode": mode, "connectors": {"version": version}})
+
+    write_text("video", "2.3", "a red ball")
+    assert len(CachedBatches([dataset], "video", model_version="2.3")) == 1
+    with pytest.raises(
+        CacheError, match=r"made with --ltx_mode video .* training is AV; .*ltx2_cache_text_encoder_outputs"
+    ):
+        CachedBatches([dataset], "av")
+    write_text("video", "2.0", "a red ball")
+    with pytest.raises(CacheError, match=r"LTX-2\.0 connectors but training uses LTX-2\.3"):
+        CachedBatches([dataset], "video", model_version="2.3")
+    (dataset.source / "a.txt").write_text("a blue ball")
+    with pytest.raises(CacheError, match=r"stale, the caption of a\.mp4 changed"):
+        CachedBatches([dataset], "video")

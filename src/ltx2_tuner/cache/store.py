@@ -17,7 +17,6 @@ from ltx2_tuner.models.safetensors_io import save_atomically
 
 CACHE_FORMAT = "ltx2-tuner-cache-1"
 _FORMAT_KEY, _FINGERPRINT_KEY = "format", "fingerprint"
-TEMP_GLOB = ".*.safetensors.tmp*"  # what an interrupted atomic write leaves behind
 
 
 def source_stamp(path: Path) -> dict:
@@ -55,9 +54,12 @@ def differences(stored: dict | None, expected: dict) -> list[str]:
     return [key for key, value in normalized.items() if stored.get(key) != value]
 
 
-def remove_interrupted_writes(directory: Path) -> int:
-    """Delete temporary files that a killed run left in `directory`; return how many."""
-    leftovers = list(directory.glob(TEMP_GLOB)) if directory.is_dir() else []
+def remove_interrupted_writes(directory: Path, suffixes: tuple[str, ...]) -> int:
+    """Delete the temporary files that a killed run left in `directory` for cache files ending in `suffixes`
+    (only those: another caching command may be writing other cache files there right now); return how many."""
+    if not directory.is_dir():
+        return 0
+    leftovers = [path for suffix in suffixes for path in directory.glob(f".*{suffix}.tmp*")]
     for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     return len(leftovers)

@@ -98,17 +98,6 @@ def pending_jobs(jobs: list[TextJob], stamp: TextStamp, skip_existing: bool) -> 
     return [job for job in jobs if not is_current(job.path, stamp.fingerprint(job.caption))]
 
 
-def remove_interrupted_writes(directory: Path) -> int:
-    """Delete the temporary text cache files a killed run left in `directory`; return how many.
-
-    Only ours (`.{stem}_ltx2_te.safetensors.tmp{pid}`): a latent caching run may be writing into the same folder.
-    """
-    leftovers = list(directory.glob(f".*{naming.TEXT_SUFFIX}.tmp*")) if directory.is_dir() else []
-    for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
-    return len(leftovers)
-
-
 def cache_tensors(
     video: torch.Tensor, audio: torch.Tensor | None, mask: torch.Tensor, compat_keys: bool
 ) -> dict[str, torch.Tensor]:

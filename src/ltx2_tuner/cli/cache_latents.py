@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _report_plan_problems(plan, args)
     for dataset in datasets:
-        remove_interrupted_writes(dataset.cache_directory)
+        remove_interrupted_writes(dataset.cache_directory, (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX))
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(f"caching {len(plan.jobs)} item(s) with {vae_path.name} (LTX-{video_info.version}) on {device}", flush=True)

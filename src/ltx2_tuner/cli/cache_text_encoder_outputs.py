@@ -69,13 +69,14 @@ def _quantization(args) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cache import sample_prompts as samples
+    from ltx2_tuner.cache.naming import TEXT_SUFFIX
+    from ltx2_tuner.cache.store import remove_interrupted_writes
     from ltx2_tuner.cache.text_cacher import (
         TextCacheSummary,
         TextStamp,
         cache_text,
         pending_jobs,
         plan_text_jobs,
-        remove_interrupted_writes,
     )
     from ltx2_tuner.data.config import load_dataset_config
     from ltx2_tuner.models.text_embeddings import connector_checkpoint, connector_input, require_connector_weights
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         compat_keys=not args.no_compat_text_keys,
     )
     for dataset in datasets:
-        remove_interrupted_writes(dataset.cache_directory)
+        remove_interrupted_writes(dataset.cache_directory, (TEXT_SUFFIX,))
     pending = pending_jobs(jobs, stamp, args.skip_existing)
     sample_path = args.sample_prompts_cache or (samples.sample_cache_path(args.sample_prompts) if prompts else None)
     sample_needed = prompts is not None and not (

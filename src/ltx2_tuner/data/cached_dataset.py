@@ -17,6 +17,7 @@ to run. Facts: ../shared/spec/000_bbc565df5d3dfba0.txt "How caches are merged in
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections import defaultdict
@@ -32,7 +33,7 @@ from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.cache.store import read_fingerprint, source_stamp
 from ltx2_tuner.data.config import DatasetConfig
-from ltx2_tuner.data.items import list_media
+from ltx2_tuner.data.items import list_media, read_caption
 from ltx2_tuner.errors import CacheError
 
 _WINDOW_KEY = re.compile(r"^(?P<stem>.+)_\d{5}-\d{3}$")
@@ -112,8 +113,11 @@ def scan_cached_items(
                     f"{path}: cached with an LTX-{cached_version} VAE but training uses LTX-{model_version}; "
                     f"{latents_cmd} with the training checkpoint"
                 )
+            if not found[stem]:
+                _check_text_cache(naming.text_cache_path(dataset.cache_directory, stem), media, mode, model_version,
+                                  text_cmd)  # fmt: skip
             found[stem].append(path)
-            item = _cached_item(dataset, media, key, path, fingerprint, mode, latents_cmd, text_cmd)
+            item = _cached_item(dataset, media, key, path, fingerprint, mode, latents_cmd)
             if item is None:
                 dropped.append(key)
             else:
@@ -142,10 +146,28 @@ def scan_cached_items(
     return items
 
 
-def _cached_item(dataset, media, key, path, fingerprint, mode, latents_cmd, text_cmd) -> CachedItem | None:
-    text_path = naming.text_cache_path(dataset.cache_directory, media.stem)
+def _check_text_cache(text_path: Path, media, mode: str, model_version: str | None, text_cmd: str) -> None:
+    """The text cache exists, fits the mode and model, and was made from the current caption."""
     if not text_path.is_file():
         raise CacheError(f"{text_path}: text encoder cache missing for {media.path.name}; {text_cmd}")
+    fingerprint = read_fingerprint(text_path) or {}
+    if mode == "av" and fingerprint.get("mode") == "video":
+        raise CacheError(
+            f"{text_path}: made with --ltx_mode video (no audio embeddings) but training is AV; {text_cmd}"
+        )
+    version = (fingerprint.get("connectors") or {}).get("version")
+    if model_version and version and version != model_version:
+        raise CacheError(
+            f"{text_path}: made with LTX-{version} connectors but training uses LTX-{model_version}; {text_cmd}"
+        )
+    if "caption_sha256" in fingerprint:
+        caption = read_caption(media, allow_empty=True)
+        if hashlib.sha256(caption.encode("utf-8")).hexdigest() != fingerprint["caption_sha256"]:
+            raise CacheError(f"{text_path}: stale, the caption of {media.path.name} changed; {text_cmd}")
+
+
+def _cached_item(dataset, media, key, path, fingerprint, mode, latents_cmd) -> CachedItem | None:
+    text_path = naming.text_cache_path(dataset.cache_directory, media.stem)
     shape = _shape_from_keys(_keys(path), "latents")
     audio_path = None
     if mode == "av" and dataset.kind == "video":
