@@ -1,0 +1,37 @@
+"""The demo's dataset: short synthetic clips of a moving square with a matching tone track, and captions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ltx2_tuner.testing.synthetic_media import write_video
+
+_CAPTIONS = (
+    "a bright square glides from left to right while a tone rises in pitch",
+    "a square slides across a textured background, its hum climbing as it moves right",
+    "a small bright block travels left to right over a patterned backdrop with a rising tone",
+    "a square moves steadily to the right as the sound sweeps upward",
+)
+
+
+def write_demo_dataset(root: Path, num_clips: int = 4, num_frames: int = 25, fps: float = 24.0) -> Path:
+    """Write `root/clips/*.mp4` with audio, their `.txt` captions and `root/dataset.toml`; return the config."""
+    clips = root / "clips"
+    clips.mkdir(parents=True, exist_ok=True)
+    for index in range(num_clips):
+        stem = f"clip_{index:03d}"
+        write_video(clips / f"{stem}.mp4", num_frames, fps, 96, 64, audio="tone", seed=index)
+        (clips / f"{stem}.txt").write_text(_CAPTIONS[index % len(_CAPTIONS)] + "\n", encoding="utf-8")
+    config = root / "dataset.toml"
+    config.write_text(
+        "[general]\n"
+        "resolution = [96, 64]\n"
+        'caption_extension = ".txt"\n'
+        "batch_size = 1\n\n"
+        "[[datasets]]\n"
+        'video_directory = "clips"\n'
+        'cache_directory = "cache"\n'
+        f"target_frames = [{num_frames - (num_frames - 1) % 8}]\n",
+        encoding="utf-8",
+    )
+    return config
