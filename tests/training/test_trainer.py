@@ -141,3 +141,39 @@ def test_fp16_on_a_bf16_checkpoint_is_refused(tmp_path, capsys):
     code = run(main, ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--mixed_precision",
                       "fp16", "--output_dir", str(tmp_path / "out")])  # fmt: skip
     assert code == 2 and "bf16 weights overflow in fp16; use --mixed_precision bf16" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_lora_before_stopping(tiny_checkpoints, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = write_synthetic_dataset(tmp_path / "data")
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "ltx2_tuner.cli.train_network", "--dataset_config", str(config),
+               "--ltx2_checkpoint", str(tiny_checkpoints["2.3"].path), "--mixed_precision", "no",
+               "--max_train_steps", "100000", "--output_dir", str(output), "--max_data_loader_n_workers", "0",
+               "--log_with", "none"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = output / "logs" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    saved = list(output.glob("ltx2_lora-interrupted-step*.safetensors"))
+    assert len(saved) == 1 and "interrupted at step" in out
+    assert load_file(saved[0])  # a complete file
+
+
+def test_max_train_epochs_counts_epochs(tiny_checkpoints, tmp_path):
+    config = write_synthetic_dataset(tmp_path / "data", stems=("a", "b", "c"))
+    assert _train(tiny_checkpoints["2.3"].path, config, tmp_path / "out", "--max_train_epochs", "2",
+                  "--save_every_n_epochs", "1") == 0  # fmt: skip
+    records = (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 6  # 3 batches per epoch
+    assert sorted(p.name for p in (tmp_path / "out").glob("*-step*.safetensors")) == [
+        "ltx2_lora-step000003.safetensors", "ltx2_lora-step000006.safetensors"]  # fmt: skip

@@ -195,7 +195,7 @@ def train(args) -> Path:
                     if state.step >= run.total_steps:
                         break
                 waited = time.perf_counter()
-            else:  # the epoch ran out
+            if state.batches_done >= share.start + len(share):  # this rank's share of the epoch is done
                 state.epoch += 1
                 state.batches_done = 0
                 if args.save_every_n_epochs and state.epoch % args.save_every_n_epochs == 0:
