@@ -30,7 +30,7 @@ def test_optimizers():
     assert adamw.defaults["fused"] is True and adamw.defaults["weight_decay"] == 0.0
     sgd = make_optimizer(params, "torch.optim.SGD", 0.1, ["momentum=0.5"])
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.5
-    with pytest.raises(ConfigError, match="importable module.Class"):
+    with pytest.raises(ConfigError, match=r"importable module\.Class"):
         make_optimizer(params, "nowhere.Optimizer", 0.1, None)
     with pytest.raises(ConfigError, match="--optimizer_args"):
         make_optimizer(params, "AdamW", 0.1, ["nonsense=1"])
