@@ -147,7 +147,7 @@ def test_skip_existing_recaches_exactly_the_affected_items(tmp_path, tiny_checkp
     changed = {name for name in after if after[name] != before.get(name)}
     assert changed == {n for n in after if n.startswith("clip_b")}  # both windows, video and audio
 
-    config.write_text(config.read_text().replace('resolution = [32, 64]', 'resolution = [64, 64]'))
+    config.write_text(config.read_text().replace("resolution = [32, 64]", "resolution = [64, 64]"))
     assert _cache(config, checkpoint, "--ltx_mode", "av", "--skip_existing") == 0
     assert "1 cached, 4 reused" in capsys.readouterr().out  # only the image dataset's bucket changed
 
