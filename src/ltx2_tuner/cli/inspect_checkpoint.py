@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ltx2_tuner.cli._common import run
-from ltx2_tuner.models import COMPONENTS, CheckpointInfo, load_component, read_checkpoint_info
+from ltx2_tuner.models import COMPONENTS, CheckpointInfo, context_dims, load_component, read_checkpoint_info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,8 +66,7 @@ def check_component(info: CheckpointInfo, component: str) -> str:
         return f"Gemma features {list(hidden.shape)} -> video context {list(video.shape)}, audio {list(audio.shape)}"
     # transformer: 2 latent frames of 2x2 at 24 fps, 1 s of audio latents
     config = module.config
-    context_dim = config.caption_channels if config.use_prompt_embeddings else config.cross_attention_dim
-    audio_context_dim = config.caption_channels if config.use_prompt_embeddings else config.audio_cross_attention_dim
+    context_dim, audio_context_dim = context_dims(config)
     video_v, audio_v = module(
         hidden_states=torch.randn(1, 8, config.in_channels, generator=generator),
         audio_hidden_states=torch.randn(1, 25, config.audio_in_channels, generator=generator),

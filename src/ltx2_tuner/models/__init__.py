@@ -18,7 +18,7 @@ from ltx2_tuner.models.loading import (
     load_video_vae,
     load_vocoder,
 )
-from ltx2_tuner.models.transformer import MODES, ModalityInput, TransformerAdapter, load_transformer
+from ltx2_tuner.models.transformer import MODES, ModalityInput, TransformerAdapter, context_dims, load_transformer
 
 __all__ = [
     "COMPONENTS",
@@ -28,6 +28,7 @@ __all__ = [
     "TransformerAdapter",
     "audio_latent_count",
     "audio_positions",
+    "context_dims",
     "load_audio_vae",
     "load_component",
     "load_text_connectors",

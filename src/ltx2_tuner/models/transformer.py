@@ -45,6 +45,14 @@ AV_CROSS_BLOCK = ("audio_to_video_norm", "audio_to_video_attn", "video_to_audio_
                   "video_a2v_cross_attn_scale_shift_table", "audio_a2v_cross_attn_scale_shift_table")  # fmt: skip
 
 
+def context_dims(config) -> tuple[int, int]:
+    """(video, audio) width of the text context the transformer takes: the connectors' output width. LTX-2.0
+    projects captions inside the transformer (from Gemma's width), LTX-2.3 takes them at its cross-attention width."""
+    if config.use_prompt_embeddings:
+        return config.caption_channels, config.caption_channels
+    return config.cross_attention_dim, config.audio_cross_attention_dim
+
+
 def excluded_names(mode: Mode) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(top-level names, per-block names) that a `mode` build leaves out."""
     if mode == "video":

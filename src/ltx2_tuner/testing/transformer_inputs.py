@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ltx2_tuner.models import ModalityInput, audio_positions, video_positions
+from ltx2_tuner.models import ModalityInput, audio_positions, context_dims, video_positions
 
 FRAMES, HEIGHT, WIDTH, AUDIO_LEN = 3, 2, 3, 13
-
-
-def context_dims(config) -> tuple[int, int]:
-    if config.use_prompt_embeddings:  # LTX-2.0: connector width, projected inside the transformer
-        return config.caption_channels, config.caption_channels
-    return config.cross_attention_dim, config.audio_cross_attention_dim
 
 
 def make_inputs(config, seed=0, sigma=(0.3, 0.8), audio_sigma=None, first_frame_clean=False, dtype=torch.float32):

@@ -22,7 +22,7 @@ from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.data.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
-from ltx2_tuner.models import load_transformer, read_checkpoint_info
+from ltx2_tuner.models import context_dims, load_transformer, read_checkpoint_info
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
 from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
@@ -105,9 +105,7 @@ def setup(args) -> Run:
         info, args.ltx_mode, dtype=weight_dtype, device=accelerator.device,
         attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
     )  # fmt: skip
-    context_dim = (
-        model.config.caption_channels if model.config.use_prompt_embeddings else model.config.cross_attention_dim
-    )
+    context_dim = context_dims(model.config)[0]
     batches = CachedBatches(datasets, args.ltx_mode, args.seed, args.dataset_config, info.version, context_dim)
 
     network_module = importlib.import_module(args.network_module)
