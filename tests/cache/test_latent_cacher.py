@@ -200,3 +200,19 @@ def test_killed_run_leaves_no_corrupt_file_and_a_rerun_completes(tmp_path, check
     assert not list(cache.glob(".*.tmp*"))
     for path in cache.glob("*.safetensors"):
         _tensors(path)
+
+
+def test_vae_tiling_flags(tmp_path, checkpoint, capsys):
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.models import read_checkpoint_info
+
+    info = read_checkpoint_info(checkpoint)
+    frames = torch.rand(1, 3, 25, 128, 192) * 2 - 1
+    plain = LatentEncoder(info, None, torch.device("cpu"), torch.float32, VaeTiling()).encode_video(frames)
+    for tiling in (VaeTiling(spatial_tile_px=64), VaeTiling(temporal_tile_frames=16), VaeTiling(96, 16)):
+        tiled = LatentEncoder(info, None, torch.device("cpu"), torch.float32, tiling).encode_video(frames)
+        assert tiled.shape == plain.shape == (1, 128, 4, 4, 6) and torch.isfinite(tiled).all()
+    config = _dataset(tmp_path)
+    assert _cache(config, checkpoint, "--vae_tile_size", "100") == 2
+    assert "--vae_tile_size 100: use a multiple of 32" in capsys.readouterr().err
+    assert _cache(config, checkpoint, "--vae_tile_size", "64", "--vae_tile_frames", "16") == 0

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import LatentJob
 from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
-from ltx2_tuner.errors import Ltx2TunerError
+from ltx2_tuner.errors import ConfigError, Ltx2TunerError
 from ltx2_tuner.models.latent_layout import (
     AUDIO_HOP_LENGTH,
     AUDIO_LATENT_DOWNSAMPLE,
@@ -30,8 +30,14 @@ from ltx2_tuner.models.latent_layout import (
 class VaeTiling:
     """Memory options of the video VAE encoder (diffusers' tiled encode; results differ slightly at seams)."""
 
-    spatial_tile_px: int = 0  # 0: off; else tiles of this many pixels, overlapping by 1/8
-    temporal_tile_frames: int = 0  # 0: off; else chunks of this many frames, overlapping by half
+    spatial_tile_px: int = 0  # 0: off; else tiles of this many pixels (a multiple of 32, >= 64), overlapping by 1/8
+    temporal_tile_frames: int = 0  # 0: off; else chunks of this many frames (a multiple of 8, >= 16), half overlap
+
+    def __post_init__(self) -> None:
+        if self.spatial_tile_px and (self.spatial_tile_px % 32 or self.spatial_tile_px < 64):
+            raise ConfigError(f"--vae_tile_size {self.spatial_tile_px}: use a multiple of 32 of at least 64 (e.g. 512)")
+        if self.temporal_tile_frames and (self.temporal_tile_frames % 8 or self.temporal_tile_frames < 16):
+            raise ConfigError(f"--vae_tile_frames {self.temporal_tile_frames}: use a multiple of 8 of at least 16")
 
 
 @dataclass
@@ -53,14 +59,16 @@ class LatentEncoder:
         self.device, self.vae_dtype = device, vae_dtype
         self.video_vae = load_video_vae(video_checkpoint, part="encoder", dtype=vae_dtype, device=device)
         if tiling.spatial_tile_px:
+            # Tiles start every `stride` pixels; both must be multiples of 32 so that every tile, the edge ones
+            # included, is a whole number of latents. Overlap 1/8 of a tile (64 px for 512-px tiles, as diffusers).
             size = tiling.spatial_tile_px
-            self.video_vae.enable_tiling(size, size, tile_sample_stride_height=size * 7 // 8,
-                                         tile_sample_stride_width=size * 7 // 8)  # fmt: skip
+            stride = size - max(32, size // 8 // 32 * 32)
+            self.video_vae.enable_tiling(size, size, tile_sample_stride_height=stride, tile_sample_stride_width=stride)
         if tiling.temporal_tile_frames:
             # diffusers reads the temporal-tiling switch from `use_framewise_decoding`, for encoding too.
             self.video_vae.use_framewise_decoding = True
             self.video_vae.tile_sample_min_num_frames = tiling.temporal_tile_frames
-            self.video_vae.tile_sample_stride_num_frames = max(1, tiling.temporal_tile_frames // 2)
+            self.video_vae.tile_sample_stride_num_frames = tiling.temporal_tile_frames // 2 // 8 * 8 or 8
         self.audio_vae = None
         if audio_checkpoint is not None:
             self.audio_vae = load_audio_vae(audio_checkpoint, part="encoder", dtype=torch.float32, device=device)
