@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("no checkpoint: pass --ltx2_checkpoint (or --vae) with the official .safetensors file")
     if args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
+    tiling = VaeTiling(args.vae_tile_size, args.vae_tile_frames)  # checks the values before any work
     datasets = load_dataset_config(args.dataset_config)
     vae_dtype = DTYPES[args.vae_dtype]
     video_info = read_checkpoint_info(vae_path)
