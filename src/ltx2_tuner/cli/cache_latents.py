@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(f"caching {len(plan.jobs)} item(s) with {vae_path.name} (LTX-{video_info.version}) on {device}", flush=True)
-    encoder = LatentEncoder(
-        video_info, audio_info, device, vae_dtype, VaeTiling(args.vae_tile_size, args.vae_tile_frames)
-    )
+    encoder = LatentEncoder(video_info, audio_info, device, vae_dtype, tiling)
     summary = cache_latents(plan.jobs, encoder, args.skip_existing, args.batch_size, args.num_workers, args.ltx_mode)
 
     stale = _prune(plan, datasets, delete=args.prune_cache)
