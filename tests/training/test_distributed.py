@@ -22,18 +22,21 @@ def _metrics(output):
 def test_two_processes_train_save_once_and_keep_the_schedule(tiny_checkpoints, tmp_path):
     checkpoint = tiny_checkpoints["2.3"].path
     config = write_synthetic_dataset(tmp_path / "data", stems=("a", "b", "c", "d"))
-    flags = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--ltx_mode", "av",
+    # One process with the same global batch: batches of 2 instead of 2 processes x batches of 1.
+    config_one = write_synthetic_dataset(tmp_path / "data_one", stems=("a", "b", "c", "d"), batch_size=2)
+    flags = ["--ltx2_checkpoint", str(checkpoint), "--ltx_mode", "av",
              "--mixed_precision", "no", "--max_train_steps", str(STEPS), "--network_dim", "4", "--network_alpha", "4",
              "--lr_scheduler", "cosine", "--lr_warmup_steps", "2", "--max_data_loader_n_workers", "0",
              "--log_with", "none", "--save_every_n_steps", str(STEPS), "--save_state"]  # fmt: skip
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
               "ltx2_tuner.cli.train_network"]  # fmt: skip
-    two = subprocess.run([*launch, *flags, "--output_dir", str(tmp_path / "two")], capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    two = subprocess.run([*launch, *flags, "--dataset_config", str(config), "--output_dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "ltx2_tuner.cli.train_network", *flags, "--output_dir",
-                          str(tmp_path / "one")], capture_output=True, text=True, timeout=600)  # fmt: skip
+    one = subprocess.run([sys.executable, "-m", "ltx2_tuner.cli.train_network", *flags, "--dataset_config",
+                          str(config_one), "--output_dir", str(tmp_path / "one")], capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
     assert one.returncode == 0, one.stderr[-3000:]
 
     two_metrics, one_metrics = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")

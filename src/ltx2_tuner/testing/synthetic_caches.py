@@ -34,12 +34,14 @@ def write_synthetic_dataset(
     with_audio: bool = True,
     version: str = "2.3",
     seed: int = 0,
+    batch_size: int = 1,
 ) -> Path:
     """Write `root/dataset.toml`, placeholder media in `root/clips` and their caches; return the config path."""
     (root / "clips").mkdir(parents=True, exist_ok=True)
     config = root / "dataset.toml"
     config.write_text(
-        f'[[datasets]]\nvideo_directory = "clips"\ncache_directory = "cache"\nbatch_size = 1\ntarget_frames = [{frames}]\n'
+        f'[[datasets]]\nvideo_directory = "clips"\ncache_directory = "cache"\nbatch_size = {batch_size}\n'
+        f"target_frames = [{frames}]\n"
     )
     for stem in stems:
         (root / "clips" / f"{stem}.mp4").write_bytes(stem.encode())
