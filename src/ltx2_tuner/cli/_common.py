@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ltx2_tuner.errors import Ltx2TunerError
 
@@ -20,3 +22,31 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+# Flags that several commands share, defined once (same name, type, default and help everywhere).
+def add_dataset_flags(parser: argparse.ArgumentParser, checkpoint_required: bool) -> None:
+    """--dataset_config and --ltx2_checkpoint."""
+    parser.add_argument("--dataset_config", type=Path, required=True, help="dataset TOML (see docs/dataset-config.md)")
+    parser.add_argument(
+        "--ltx2_checkpoint",
+        type=Path,
+        required=checkpoint_required,
+        help="official LTX-2 / LTX-2.3 checkpoint (.safetensors)",
+    )
+
+
+def add_mode_flag(parser: argparse.ArgumentParser, what_av_adds: str) -> None:
+    parser.add_argument("--ltx_mode", choices=("video", "av"), default="video", help=f"av also {what_av_adds}")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    """--device and --skip_existing, as the caching commands use them."""
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--skip_existing", action="store_true", help="reuse caches whose fingerprint matches")
+
+
+def resolve_device(name: str | None):
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))

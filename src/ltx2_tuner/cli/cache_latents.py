@@ -15,7 +15,7 @@ import torch
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import AudioSource, LatentPlan, plan_latent_jobs
 from ltx2_tuner.cache.store import remove_interrupted_writes
-from ltx2_tuner.cli._common import run
+from ltx2_tuner.cli._common import add_dataset_flags, add_device_flags, add_mode_flag, resolve_device, run
 from ltx2_tuner.errors import ConfigError, MediaError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -23,15 +23,13 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltx2_cache_latents.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset_config", type=Path, required=True, help="dataset TOML (see docs/dataset-config.md)")
-    parser.add_argument("--ltx2_checkpoint", type=Path, help="official LTX-2 / LTX-2.3 checkpoint (.safetensors)")
+    add_dataset_flags(parser, checkpoint_required=False)
     parser.add_argument("--vae", type=Path, help="file with the video VAE (default: --ltx2_checkpoint)")
     parser.add_argument("--vae_dtype", choices=tuple(DTYPES), default="bf16", help="video VAE precision (default bf16)")
-    parser.add_argument("--ltx_mode", choices=("video", "av"), default="video", help="av also caches audio latents")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_mode_flag(parser, "caches audio latents")
     parser.add_argument("--batch_size", type=int, default=1, help="clips per VAE call, same bucket only (default 1)")
     parser.add_argument("--num_workers", type=int, default=2, help="media decoding threads (default 2)")
-    parser.add_argument("--skip_existing", action="store_true", help="reuse caches whose fingerprint matches")
+    add_device_flags(parser)
     parser.add_argument(
         "--prune_cache",
         action="store_true",
@@ -130,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in datasets:
         remove_interrupted_writes(dataset.cache_directory, (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX))
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     print(f"caching {len(plan.jobs)} item(s) with {vae_path.name} (LTX-{video_info.version}) on {device}", flush=True)
     encoder = LatentEncoder(video_info, audio_info, device, vae_dtype, tiling)
     summary = cache_latents(plan.jobs, encoder, args.skip_existing, args.batch_size, args.num_workers, args.ltx_mode)

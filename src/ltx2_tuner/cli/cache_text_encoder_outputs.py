@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ltx2_tuner.cli._common import run
+from ltx2_tuner.cli._common import add_dataset_flags, add_device_flags, add_mode_flag, resolve_device, run
 from ltx2_tuner.errors import ConfigError
 
 PRECISIONS = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,10 +22,7 @@ GEMMA_DTYPE = torch.bfloat16  # Gemma 3's own dtype, as the official trainer and
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltx2_cache_text_encoder_outputs.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset_config", type=Path, required=True, help="dataset TOML (see docs/dataset-config.md)")
-    parser.add_argument(
-        "--ltx2_checkpoint", type=Path, required=True, help="official LTX-2 / LTX-2.3 checkpoint (.safetensors)"
-    )
+    add_dataset_flags(parser, checkpoint_required=True)
     parser.add_argument(
         "--ltx2_text_encoder_checkpoint",
         type=Path,
@@ -36,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="local Gemma 3 directory (gemma-3-12b-it); not needed when --skip_existing finds every cache current",
     )
-    parser.add_argument("--ltx_mode", choices=("video", "av"), default="video", help="av also caches audio embeddings")
+    add_mode_flag(parser, "caches audio embeddings")
     parser.add_argument(
         "--mixed_precision",
         choices=tuple(PRECISIONS),
@@ -44,8 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the connectors and of the stored embeddings (no = float32; default bf16)",
     )
     parser.add_argument("--batch_size", type=int, default=1, help="captions per Gemma call (default 1)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--skip_existing", action="store_true", help="reuse caches whose fingerprint matches")
+    add_device_flags(parser)
     parser.add_argument("--gemma_load_in_8bit", action="store_true", help="8-bit Gemma (bitsandbytes, CUDA only)")
     parser.add_argument("--gemma_load_in_4bit", action="store_true", help="4-bit NF4 Gemma (bitsandbytes, CUDA only)")
     parser.add_argument("--allow_empty_captions", action="store_true", help="encode empty captions instead of failing")
@@ -88,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample_prompts_cache and not args.sample_prompts:
         raise ConfigError("--sample_prompts_cache needs --sample_prompts")
     quantization = _quantization(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     dtype = PRECISIONS[args.mixed_precision]
 
     # Everything that can be wrong is found here, before any weights load.
