@@ -32,7 +32,7 @@ class Flag:
     default: Any
     help: str
     choices: tuple | None = None
-    action: str | None = None  # "store_true" or "append"-like nargs handled by `nargs`
+    action: str | None = None  # "store_true", or "boolean" for --flag / --no-flag
     nargs: str | None = None
 
 

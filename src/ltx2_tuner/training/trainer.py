@@ -250,13 +250,13 @@ def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
     }
     for modality in ("video", "audio"):
         if window[modality]:
-            values = torch.cat([v.cpu() for v, _ in window[modality]])
-            sigmas = torch.cat([s.cpu() for _, s in window[modality]])
-            metrics[f"loss_{modality}"] = values.mean().item()
-            if modality == "video" or "loss_video" not in metrics:
-                for value, sigma in zip(values.tolist(), sigmas.tolist(), strict=True):
-                    metrics.setdefault(f"loss_sigma_{sigma_bucket(sigma)}", []).append(value)
-    metrics = {k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in metrics.items()}
+            metrics[f"loss_{modality}"] = torch.cat([v.cpu() for v, _ in window[modality]]).mean().item()
+    # Per-sigma-bucket loss on the video sigma, as the official trainer logs it (video is always generated here).
+    by_bucket: dict[str, list[float]] = {}
+    for values, sigmas in window["video"]:
+        for value, sigma in zip(values.tolist(), sigmas.tolist(), strict=True):
+            by_bucket.setdefault(f"loss_sigma_{sigma_bucket(sigma)}", []).append(value)
+    metrics.update({key: sum(values) / len(values) for key, values in by_bucket.items()})
     if run.logger is not None:
         run.logger.log(metrics, run.state.step)
     postfix = {"loss": f"{metrics['loss']:.4f}", "lr": f"{learning_rate:.2e}"}
