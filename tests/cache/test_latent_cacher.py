@@ -179,6 +179,26 @@ def test_stale_files_are_counted_and_pruned_on_request(tmp_path, checkpoint, cap
     assert (tmp_path / "clips" / "clip_a.mp4").exists()  # user files are never touched
 
 
+def test_video_mode_pruning_keeps_the_av_audio_caches(tmp_path, checkpoint, capsys):
+    config = _dataset(tmp_path)
+    assert _cache(config, checkpoint, "--ltx_mode", "av") == 0
+    cache = tmp_path / "cache" / "clips"
+    audio_files = sorted(cache.glob("*_ltx2_audio.safetensors"))
+    assert len(audio_files) == 4
+    capsys.readouterr()
+    assert _cache(config, checkpoint, "--skip_existing", "--prune_cache") == 0  # video mode
+    out = capsys.readouterr().out
+    assert "stale" not in out and sorted(cache.glob("*_ltx2_audio.safetensors")) == audio_files
+
+    # A window the dataset no longer has is unusable in every mode: its video and audio caches both go.
+    config.write_text(config.read_text().replace("target_frames = [9, 17]", "target_frames = [9]"))
+    assert _cache(config, checkpoint, "--skip_existing", "--prune_cache") == 0
+    assert "4 stale cache file(s) deleted" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.glob("*_ltx2_audio.safetensors")) == [
+        "clip_a_00000-009_ltx2_audio.safetensors", "clip_b_00000-009_ltx2_audio.safetensors",
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_killed_run_leaves_no_corrupt_file_and_a_rerun_completes(tmp_path, checkpoint):
     config = _dataset(tmp_path, videos=tuple((f"clip_{i}", True) for i in range(8)))
@@ -216,3 +236,59 @@ def test_vae_tiling_flags(tmp_path, checkpoint, capsys):
     assert _cache(config, checkpoint, "--vae_tile_size", "100") == 2
     assert "--vae_tile_size 100: use a multiple of 32" in capsys.readouterr().err
     assert _cache(config, checkpoint, "--vae_tile_size", "64", "--vae_tile_frames", "16") == 0
+
+
+def test_cpu_video_vae_computes_in_fp32_and_stores_the_requested_dtype(tiny_checkpoints, capsys):
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.models import read_checkpoint_info
+
+    info = read_checkpoint_info(tiny_checkpoints["2.3"].path)
+    cpu = torch.device("cpu")
+    frames = torch.rand(1, 3, 9, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bf16 = LatentEncoder(info, None, cpu, torch.bfloat16, VaeTiling())
+    assert "runs in float32 on the CPU" in capsys.readouterr().out  # said once, when the encoder is built
+    assert next(bf16.video_vae.parameters()).dtype == torch.float32
+    latents = bf16.encode_video(frames)
+    reference = LatentEncoder(info, None, cpu, torch.float32, VaeTiling()).encode_video(frames)
+    assert latents.dtype == torch.bfloat16
+    torch.testing.assert_close(latents, reference.to(torch.bfloat16), atol=0, rtol=0)
+    assert "float32 on the CPU" not in capsys.readouterr().out  # nothing to say when fp32 was asked for
+
+
+def test_audio_caches_from_another_preprocessing_are_recomputed(tmp_path, checkpoint, capsys, monkeypatch):
+    from ltx2_tuner.data import audio
+
+    config = _dataset(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(audio, "AUDIO_PREPROCESSING", "swresample-default")  # what caches recorded before
+        assert _cache(config, checkpoint, "--ltx_mode", "av") == 0
+    capsys.readouterr()
+    assert _cache(config, checkpoint, "--ltx_mode", "av", "--skip_existing") == 0
+    assert "4 cached, 1 reused" in capsys.readouterr().out  # every video window (with audio); the image is reused
+
+
+def test_av_audio_latents_come_from_the_cut_then_resampled_window(tmp_path, checkpoint):
+    # A 44.1 kHz sidecar: the cached latents are the audio VAE's encoding of the documented resampler's output.
+    import numpy as np
+    from safetensors import safe_open as open_file
+
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.data.mel import log_mel_spectrogram
+    from ltx2_tuner.models import read_checkpoint_info
+    from ltx2_tuner.testing.synthetic_media import write_audio
+    from ltx2_tuner.testing.audio_reference import decode_all, documented_resample
+
+    config = _dataset(tmp_path, videos=(("clip_a", False),))
+    rng = np.random.default_rng(5)
+    wav = write_audio(tmp_path / "clips" / "clip_a.wav", (0.2 * rng.standard_normal((2, 44100 * 2))), 44100)
+    assert _cache(config, checkpoint, "--ltx_mode", "av", "--ltx2_audio_source", "audio_files") == 0
+
+    samples, rate = decode_all(wav)
+    window = samples[:, : int(17 / 24.0 * rate)]  # the 17-frame window at 24 fps, cut at 44.1 kHz
+    waveform = torch.from_numpy(np.stack([documented_resample(c, rate, 16000) for c in window])).float()
+    info = read_checkpoint_info(checkpoint)
+    encoder = LatentEncoder(info, info, torch.device("cpu"), torch.float32, VaeTiling())
+    expected = encoder.encode_audio(log_mel_spectrogram(waveform, 16000))
+    with open_file(str(tmp_path / "cache" / "clips" / "clip_a_00000-017_ltx2_audio.safetensors"), "pt") as f:
+        cached = f.get_tensor(next(k for k in f.keys() if k.startswith("audio_latents_")))  # noqa: SIM118
+    torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)

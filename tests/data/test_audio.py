@@ -181,8 +181,11 @@ def test_resampled_window_starts_at_start_s(tmp_path, start_s):
     path = write_audio(tmp_path / "ramp.flac", _ramp(4.0, 44100), 44100)
     clip = load_audio_clip(path, start_s, 0.5)
     expected = 0.2 * (start_s + np.arange(RATE // 2) / RATE)
-    # A seek may land between output samples: up to half a sample (31 us, 6e-6 on this ramp) plus filter ripple.
-    np.testing.assert_allclose(clip.waveform[0].numpy(), expected, atol=1e-4)  # measured 1.7e-5
+    # The window is cut before resampling (as the official preprocessing does), so its ends ring against the zeros
+    # beyond them (test_resample checks them against the formula); inside, the ramp is where start_s puts it.
+    # The filter's gain at 0 Hz is 1.00045 (torchaudio's kernel is not renormalized), hence rtol.
+    inside = slice(40, -40)
+    np.testing.assert_allclose(clip.waveform[0].numpy()[inside], expected[inside], rtol=6e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("suffix", [".flac", ".m4a"])

@@ -87,7 +87,7 @@ def plan_latent_jobs(
     with others is stale. In AV mode every video window gets an audio sidecar; a video without audio is listed in
     `missing_audio`, and its sidecar (if the run goes on) records the absence instead of latents.
     """
-    from ltx2_tuner.data.audio import has_audio_stream
+    from ltx2_tuner.data.audio import AUDIO_PREPROCESSING, has_audio_stream
     from ltx2_tuner.data.images import image_size
     from ltx2_tuner.data.video import probe_video
 
@@ -142,9 +142,34 @@ def plan_latent_jobs(
                         audio_path=naming.audio_cache_path(dataset.cache_directory, key) if with_audio else None,
                         audio_source=audio_file,
                         fingerprint=fingerprint,
-                        audio_fingerprint={**fingerprint, "audio_checkpoint": audio_checkpoint, "audio": audio_stamp}
+                        audio_fingerprint={
+                            **fingerprint,
+                            "audio_checkpoint": audio_checkpoint,
+                            "audio": audio_stamp,
+                            "audio_preprocessing": AUDIO_PREPROCESSING,
+                        }
                         if with_audio
                         else None,
                     )
                 )
     return plan
+
+
+def unusable_cache_files(plan: LatentPlan, datasets: list[DatasetConfig]) -> list[Path]:
+    """Latent and audio cache files in the datasets' cache folders that no planned item can use in any mode.
+
+    A video window's audio cache is usable even when this run is video-only (an AV run reads it), so only files
+    of windows, buckets or items that the datasets no longer have count; text caches are never considered.
+    """
+    usable = {job.latent_path for job in plan.jobs}
+    usable |= {
+        naming.audio_cache_path(job.latent_path.parent, job.key) for job in plan.jobs if job.item.dataset.kind == "video"
+    }
+    return [
+        path
+        for directory in dict.fromkeys(dataset.cache_directory for dataset in datasets)
+        if directory.is_dir()
+        for suffix in (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX)
+        for path in sorted(directory.glob(f"*{suffix}"))
+        if path not in usable
+    ]

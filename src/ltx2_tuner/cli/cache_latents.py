@@ -13,19 +13,20 @@ from pathlib import Path
 import torch
 
 from ltx2_tuner.cache import naming
-from ltx2_tuner.cache.latent_plan import AudioSource, LatentPlan, plan_latent_jobs
+from ltx2_tuner.cache.latent_plan import AudioSource, LatentPlan, plan_latent_jobs, unusable_cache_files
 from ltx2_tuner.cache.store import remove_interrupted_writes
 from ltx2_tuner.cli._common import add_dataset_flags, add_device_flags, add_mode_flag, resolve_device, run
+from ltx2_tuner.dtypes import STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, MediaError
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltx2_cache_latents.py", description=__doc__.split("\n")[0])
     add_dataset_flags(parser, checkpoint_required=False)
     parser.add_argument("--vae", type=Path, help="file with the video VAE (default: --ltx2_checkpoint)")
-    parser.add_argument("--vae_dtype", choices=tuple(DTYPES), default="bf16", help="video VAE precision (default bf16)")
+    parser.add_argument(
+        "--vae_dtype", choices=tuple(STORAGE_DTYPES), default="bf16", help="video VAE precision (default bf16)"
+    )
     add_mode_flag(parser, "caches audio latents")
     parser.add_argument("--batch_size", type=int, default=1, help="clips per VAE call, same bucket only (default 1)")
     parser.add_argument("--num_workers", type=int, default=2, help="media decoding threads (default 2)")
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prune_cache",
         action="store_true",
-        help="delete latent caches in the cache folders that this run does not plan",
+        help="delete latent and audio caches in the cache folders that no item of these datasets can use (in any "
+        "mode: a video-mode run keeps the AV audio caches of its windows)",
     )
     parser.add_argument(
         "--missing_audio",
@@ -79,22 +81,6 @@ def _report_plan_problems(plan: LatentPlan, args) -> None:
             )
 
 
-def _prune(plan: LatentPlan, datasets, delete: bool) -> int:
-    planned = {job.latent_path for job in plan.jobs} | {job.audio_path for job in plan.jobs if job.audio_path}
-    stale = [
-        path
-        for dataset in datasets
-        if dataset.cache_directory.is_dir()
-        for suffix in (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX)
-        for path in dataset.cache_directory.glob(f"*{suffix}")
-        if path not in planned
-    ]
-    if delete:
-        for path in stale:
-            path.unlink()
-    return len(stale)
-
-
 def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling, cache_latents
     from ltx2_tuner.data.config import load_dataset_config
@@ -108,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
     tiling = VaeTiling(args.vae_tile_size, args.vae_tile_frames)  # checks the values before any work
     datasets = load_dataset_config(args.dataset_config)
-    vae_dtype = DTYPES[args.vae_dtype]
+    vae_dtype = STORAGE_DTYPES[args.vae_dtype]
     video_info = read_checkpoint_info(vae_path)
     video_info.require("video_vae")
     audio_info = None
@@ -133,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     encoder = LatentEncoder(video_info, audio_info, device, vae_dtype, tiling)
     summary = cache_latents(plan.jobs, encoder, args.skip_existing, args.batch_size, args.num_workers, args.ltx_mode)
 
-    stale = _prune(plan, datasets, delete=args.prune_cache)
+    stale = unusable_cache_files(plan, datasets)
+    if args.prune_cache:
+        for path in stale:
+            path.unlink(missing_ok=True)
     print(
         f"done: {summary.cached} cached, {summary.reused} reused, {len(summary.failed)} failed, "
         f"{len(plan.unreadable) + len(plan.too_short)} skipped"
@@ -143,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  failed: {reason}", file=sys.stderr)
     if stale:
         action = "deleted" if args.prune_cache else "left in the cache folders; --prune_cache deletes them"
-        print(f"{stale} stale cache file(s) {action}")
+        print(f"{len(stale)} stale cache file(s) {action}")
     return 1 if summary.failed else 0
 
 

@@ -1,13 +1,16 @@
-"""Audio decoding with PyAV: one time window of a file's first audio stream, resampled, as stereo float32.
+"""Audio decoding with PyAV: one time window of a file's first audio stream, as stereo float32 at the VAE's rate.
+
+Order, as the official preprocessing: decode at the file's rate, cut the window there, zero-pad, mix to stereo,
+resample (`data.resample`, torchaudio's windowed-sinc defaults; swresample's filter differs between 4 and 8 kHz
+and moved the cached latents by ~0.5%).
 
 Time: `start_s` counts from the audio stream's start, i.e. from its first sample once the decoder has dropped
 the codec's priming samples (AAC in MP4, Opus, LAME MP3 all signal them; FFmpeg reports such an MP3 stream as
 starting at 0.023 s). The official trainer takes the decoded samples from the first one (`torchaudio.load`),
 which is the same origin. Samples are counted from the first decoded frame's timestamp, so a window near the
 start is sample-exact. One further in is reached by seeking to `_PREROLL_S` before it (AAC, MP3 and Opus
-decoders need a frame or two of history after a seek, and the resampler's filter too); there the resampled
-samples are counted from the frame the seek found, which puts the window within half an output sample
-(31 us at 16 kHz) of where decoding from the start would.
+decoders need a frame or two of history after a seek); there samples are counted from the frame the seek found,
+which puts the window within half a source sample of where decoding from the start would.
 
 Channels: the official trainer's rules (reference §2.5): mono is duplicated, stereo kept, 5.1 and 7.1 mixed
 with FL/FR at 1 and centre and surround (side and back) channels at 0.707, each output row normalized to sum 1
@@ -29,9 +32,10 @@ import av
 import numpy as np
 import torch
 
+from ltx2_tuner.data.resample import resample, resampled_length
 from ltx2_tuner.errors import MediaError
 
-_PREROLL_S = 0.2  # decoded before the window and dropped (decoder and resampler history)
+_PREROLL_S = 0.2  # decoded before the window and dropped (the decoder's history after a seek)
 # Windows starting earlier than this are decoded from the start of the stream (~2 ms per second of AAC).
 _SEEK_AFTER_S = 1.0
 # Matroska/WebM keep times to the millisecond, so a window reached by seeking may start up to ~1 ms off;
@@ -47,6 +51,8 @@ _SURROUND_LAYOUTS = {frozenset(_5_1), frozenset(_5_1_SIDE), frozenset(_7_1)}
 # Files that do not name their channels (e.g. a WAV without a channel mask) are read in FFmpeg's default order
 # for the count, as the official trainer reads every 6- and 8-channel file.
 _DEFAULT_ORDER = {6: _5_1, 8: _7_1}
+# Names how a clip becomes the VAE's waveform; audio caches record it, so a change here recomputes them.
+AUDIO_PREPROCESSING = "native-trim,stereo-mix,sinc-hann-6-0.99"
 _FIX_ENCODING = "re-encode it, e.g. `ffmpeg -i IN -vn -c:a flac OUT.flac`"
 
 
@@ -65,18 +71,19 @@ def has_audio_stream(path: str | Path) -> bool:
 
 
 def load_audio_clip(path: str | Path, start_s: float, duration_s: float, sample_rate: int = 16000) -> AudioClip:
-    """Exactly round(duration_s · sample_rate) stereo samples of the first audio stream, from `start_s` seconds.
+    """The stereo audio of `duration_s` seconds from `start_s`, at `sample_rate`, as the official preprocessing
+    makes it: the window is cut at the file's own rate (int(duration_s · rate) samples), zero-padded where the
+    source ends early, mixed to stereo, then resampled with torchaudio's windowed-sinc defaults
+    (`data.resample`), so it has ceil(samples · sample_rate / rate) samples.
 
-    Resampled with swresample. Where the source ends early the clip is zero-padded at the end, `valid_samples`
-    says how much is real, and a warning names the file and the shortfall. Only the window (plus a short
-    pre-roll) is decoded and resampled, so long files cost little memory.
+    `valid_samples` says how much is real; a warning names the file and the shortfall. Only the window (plus a
+    short pre-roll for the decoder) is decoded, so long files cost little memory.
     """
     path = Path(path)
     if start_s < 0 or duration_s <= 0 or sample_rate <= 0:
         raise ValueError(
             f"need start_s >= 0, duration_s > 0, sample_rate > 0; got {start_s}, {duration_s}, {sample_rate}"
         )
-    num_samples = round(duration_s * sample_rate)
     with _open(path) as container:
         if not container.streams.audio:
             raise MediaError(
@@ -84,20 +91,22 @@ def load_audio_clip(path: str | Path, start_s: float, duration_s: float, sample_
             )
         stream = container.streams.audio[0]
         try:
-            window, channel_names = _read_window(container, stream, start_s, num_samples, sample_rate)
+            window, channel_names, native_rate = _read_window(container, stream, start_s, duration_s)
         except av.FFmpegError as error:
             raise MediaError(f"{path}: cannot decode audio ({error}); {_FIX_ENCODING}") from error
     if window is None or window.samples is None:
         raise MediaError(f"{path}: no decodable audio in its first audio stream; {_FIX_ENCODING}")
-    if window.valid < num_samples:
+    if window.valid < window.num_samples:
         warnings.warn(
-            f"{path}: only {window.valid / sample_rate:.3f} s of audio in the {duration_s:.3f} s window at "
-            f"{start_s:.3f} s (the audio ends there); the other {(num_samples - window.valid) / sample_rate:.3f} s "
-            "are padded with silence",
+            f"{path}: only {window.valid / native_rate:.3f} s of audio in the {duration_s:.3f} s window at "
+            f"{start_s:.3f} s (the audio ends there); the other "
+            f"{(window.num_samples - window.valid) / native_rate:.3f} s are padded with silence",
             stacklevel=2,
         )
-    stereo = stereo_mix_matrix(channel_names) @ window.samples.T
-    return AudioClip(torch.from_numpy(stereo.astype(np.float32)), sample_rate, window.valid)
+    stereo = torch.from_numpy((stereo_mix_matrix(channel_names) @ window.samples.T).astype(np.float32))
+    waveform = resample(stereo, native_rate, sample_rate)
+    valid = min(waveform.shape[-1], resampled_length(window.valid, native_rate, sample_rate))
+    return AudioClip(waveform, sample_rate, valid)
 
 
 def stereo_mix_matrix(channel_names: tuple[str, ...]) -> np.ndarray:
@@ -139,26 +148,28 @@ class _Window:
         self.position += len(chunk)
 
 
-def _read_window(container, stream, start_s: float, num_samples: int, sample_rate: int):
-    """(_Window or None when nothing decodes, source channel names)."""
+def _read_window(container, stream, start_s: float, duration_s: float):
+    """(_Window or None when nothing decodes, source channel names, the source's sample rate)."""
     origin_s = float((stream.start_time or 0) * stream.time_base)
     window_s = origin_s + start_s
-    # Packed float output: PyAV 18 crashes converting planar frames with 8 channels to numpy.
-    resampler = av.AudioResampler(format="flt", rate=sample_rate)
-    window, names = None, ()
+    # Packed float at the source's own rate and layout. Packed: PyAV 18 crashes converting planar frames with 8
+    # channels to numpy.
+    converter = av.AudioResampler(format="flt")
+    window, names, rate = None, (), 0
     for time_s, frame in _timed_frames(container, stream, window_s - _PREROLL_S, origin_s):
         if window is None:
-            # The resampler keeps time: its first output sample is at the first input frame's time.
-            window = _Window(round((window_s - time_s) * sample_rate), num_samples)
+            rate = frame.sample_rate
+            # Cut as the official preprocessing trims: int(duration · rate) samples at the file's rate.
+            window = _Window(round((window_s - time_s) * rate), int(duration_s * rate))
             names = tuple(channel.name for channel in frame.layout.channels)
-        for chunk in resampler.resample(frame):
+        for chunk in converter.resample(frame):
             window.add(_to_numpy(chunk))
         if window.full:
-            return window, names
+            return window, names, rate
     if window is not None:
-        for chunk in resampler.resample(None):  # the samples the resampler's filter still holds
+        for chunk in converter.resample(None):
             window.add(_to_numpy(chunk))
-    return window, names
+    return window, names, rate
 
 
 def _timed_frames(container, stream, target_s: float, origin_s: float) -> Iterator[tuple[float, av.AudioFrame]]:
