@@ -33,7 +33,7 @@ def main() -> int:
 
     import torch
 
-    from ltx2_tuner.data.cached_dataset import CachedBatches
+    from ltx2_tuner.cache.cached_dataset import CachedBatches
     from ltx2_tuner.data.config import load_dataset_config
     from ltx2_tuner.models import load_transformer
     from ltx2_tuner.networks import lora_ltx2

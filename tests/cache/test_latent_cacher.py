@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from safetensors import safe_open
 
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_latents import main
-from ltx2_tuner.data.cached_dataset import CachedBatches
+from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.testing.synthetic_media import write_image, write_video
 
@@ -35,6 +36,9 @@ def _dataset(tmp_path: Path, extra: str = "", videos=(("clip_a", True), ("clip_b
                         audio="tone" if with_audio else None)  # fmt: skip
     if not (stills / "photo.png").exists():
         write_image(stills / "photo.png", 50, 70)
+    for media in [*clips.glob("*.mp4"), stills / "photo.png"]:
+        if not media.with_suffix(".txt").exists():
+            media.with_suffix(".txt").write_text(f"a caption of {media.stem}")
     config = tmp_path / "dataset.toml"
     config.write_text(
         '[general]\nresolution = [64, 32]\n'
@@ -122,7 +126,10 @@ def _write_text_caches(datasets):
         for item in list_media(dataset):
             tensors = {"video_prompt_embeds_float32": torch.zeros(4, 2), "audio_prompt_embeds_float32": torch.zeros(4, 2),
                        "prompt_attention_mask": torch.ones(4, dtype=torch.int64)}  # fmt: skip
-            write_cache(naming.text_cache_path(dataset.cache_directory, item.stem), tensors, {})
+            item.caption_path.write_text("a caption")
+            digest = hashlib.sha256(b"a caption").hexdigest()
+            fingerprint = {"caption_sha256": digest, "mode": "av", "connectors": {"version": "2.3"}}
+            write_cache(naming.text_cache_path(dataset.cache_directory, item.stem), tensors, fingerprint)
 
 
 def _mtimes(tmp_path: Path) -> dict[str, int]:
@@ -292,3 +299,15 @@ def test_av_audio_latents_come_from_the_cut_then_resampled_window(tmp_path, chec
     with open_file(str(tmp_path / "cache" / "clips" / "clip_a_00000-017_ltx2_audio.safetensors"), "pt") as f:
         cached = f.get_tensor(next(k for k in f.keys() if k.startswith("audio_latents_")))  # noqa: SIM118
     torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_and_undecodable_captions_stop_latent_caching_as_text_caching_does(tmp_path, checkpoint, capsys):
+    config = _dataset(tmp_path)
+    (tmp_path / "clips" / "clip_a.txt").unlink()
+    (tmp_path / "stills" / "photo.txt").write_bytes(b"\x81\x8d")
+    assert _cache(config, checkpoint) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 caption problems:\n") and "Traceback" not in err
+    assert f"{tmp_path / 'clips' / 'clip_a.txt'}: caption file missing for clip_a.mp4" in err
+    assert f"{tmp_path / 'stills' / 'photo.txt'}: not readable text" in err
+    assert not (tmp_path / "cache").exists()  # stopped before any work

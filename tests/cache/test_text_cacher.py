@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_text_encoder_outputs import main
-from ltx2_tuner.data.cached_dataset import _conditions, _load
+from ltx2_tuner.cache.cached_dataset import _conditions, _load
 
 CAPTIONS = {"fox": "A red fox runs through deep snow, tracking shot.", "cat": "a cat", "sea": "waves " * 200}
 
@@ -277,3 +277,18 @@ def test_fp16_overflow_is_reported():
     check_finite(torch.zeros(1, 4, 2), None, torch.float16)
     with pytest.raises(ConfigError, match=r"overflowed in float16.*--mixed_precision bf16 or no"):
         check_finite(torch.zeros(1, 4, 2), torch.tensor([[[float("inf")]]]), torch.float16)
+
+
+def test_windows_1252_caption_is_encoded_with_a_warning_not_a_traceback(tmp_path, tiny_checkpoints, tiny_gemma_dir):
+    from ltx2_tuner.cache.text_cacher import plan_text_jobs
+    from ltx2_tuner.data.config import load_dataset_config
+
+    config = _dataset(tmp_path, {"fox": CAPTIONS["fox"]})
+    (tmp_path / "stills" / "cafe.png").write_bytes((tmp_path / "stills" / "fox.png").read_bytes())
+    (tmp_path / "stills" / "cafe.txt").write_bytes("un café".encode("cp1252"))
+    with pytest.warns(UserWarning, match=r"cafe\.txt: not UTF-8 .* read as Windows-1252: 'un café'"):
+        jobs = plan_text_jobs(load_dataset_config(config))
+    assert {job.item.stem: job.caption for job in jobs}["cafe"] == "un café"
+    with pytest.warns(UserWarning, match="Windows-1252"):
+        assert _cache(config, tiny_checkpoints["2.3"].path, tiny_gemma_dir) == 0
+    assert (tmp_path / "cache" / "cafe_ltx2_te.safetensors").is_file()

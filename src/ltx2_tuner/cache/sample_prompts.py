@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
+from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import CacheError, DatasetError
 
 SAMPLE_CACHE_SUFFIX = "_ltx2_sample_te.safetensors"
@@ -117,7 +118,7 @@ def read_sample_prompts(path: str | Path) -> list[SamplePrompt]:
     if not path.is_file():
         raise DatasetError(f"{path}: sample prompt file not found")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
             prompts.append(parse_prompt_line(line, f"{path}:{number}"))
     if not prompts:

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from ltx2_tuner.models.safetensors_io import save_atomically
+from ltx2_tuner.errors import CheckpointError
+from ltx2_tuner.models.safetensors_io import read_header, save_atomically
 
 CACHE_FORMAT = "ltx2-tuner-cache-1"
 _FORMAT_KEY, _FINGERPRINT_KEY = "format", "fingerprint"
@@ -32,18 +32,24 @@ def write_cache(path: Path, tensors: Mapping[str, torch.Tensor], fingerprint: di
 
 
 def read_fingerprint(path: Path) -> dict | None:
-    """The fingerprint of a cache file, or None when the file is missing, unreadable or of another format."""
+    """The fingerprint of a cache file, or None when the file is missing, unreadable, truncated or of another
+    format (so such a file is never taken for current and is written again)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (OSError, ValueError, RuntimeError, SafetensorError):
+        header = read_header(path)
+    except CheckpointError:
         return None
+    return fingerprint_from_metadata(header.metadata)
+
+
+def fingerprint_from_metadata(metadata: Mapping[str, str]) -> dict | None:
+    """The fingerprint stored in a cache file's metadata; None for another format or a damaged entry."""
     if metadata.get(_FORMAT_KEY) != CACHE_FORMAT:
         return None
     try:
-        return json.loads(metadata[_FINGERPRINT_KEY])
+        fingerprint = json.loads(metadata[_FINGERPRINT_KEY])
     except (KeyError, json.JSONDecodeError):
         return None
+    return fingerprint if isinstance(fingerprint, dict) else None
 
 
 def differences(stored: dict | None, expected: dict) -> list[str]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
 from ltx2_tuner.data.config import DatasetConfig
-from ltx2_tuner.data.items import MediaItem, list_media, read_caption
+from ltx2_tuner.data.items import MediaItem, list_media, raise_caption_problems, read_caption
 from ltx2_tuner.errors import ConfigError, DatasetError
 
 # captions -> (video [B, T, Dv], audio [B, T, Da] or None, mask [B, T]), on the CPU (text_embeddings.encode_prompts)
@@ -70,20 +70,18 @@ class TextCacheSummary:
 
 
 def plan_text_jobs(datasets: list[DatasetConfig], allow_empty: bool = False) -> list[TextJob]:
-    """One job per media stem, caption read and checked now; DatasetError naming the first bad caption file."""
+    """One job per media stem, caption read and checked now; one DatasetError listing every bad caption file."""
     jobs, problems = [], []
     for dataset in datasets:
         for item in list_media(dataset):
             try:
                 caption = read_caption(item, allow_empty=allow_empty)
             except DatasetError as error:
-                exists = item.caption is not None or item.caption_path.is_file()  # so it was empty
-                problems.append(f"{error} (--allow_empty_captions)" if exists else str(error))
+                empty = "caption is empty" in str(error)
+                problems.append(f"{error} (--allow_empty_captions)" if empty else str(error))
                 continue
             jobs.append(TextJob(item, caption, naming.text_cache_path(dataset.cache_directory, item.stem)))
-    if problems:
-        more = f" (and {len(problems) - 1} more caption problem(s))" if len(problems) > 1 else ""
-        raise DatasetError(problems[0] + more)
+    raise_caption_problems(problems)
     return jobs
 
 

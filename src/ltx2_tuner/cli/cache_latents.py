@@ -84,6 +84,7 @@ def _report_plan_problems(plan: LatentPlan, args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling, cache_latents
     from ltx2_tuner.data.config import load_dataset_config
+    from ltx2_tuner.data.items import caption_problems, raise_caption_problems
     from ltx2_tuner.models import read_checkpoint_info
 
     args = build_parser().parse_args(argv)
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
     tiling = VaeTiling(args.vae_tile_size, args.vae_tile_frames)  # checks the values before any work
     datasets = load_dataset_config(args.dataset_config)
+    # A media file without a readable caption would fail text caching later: say so now, as that command does
+    # (whether an empty caption is allowed is the text cacher's --allow_empty_captions).
+    raise_caption_problems(caption_problems(datasets, allow_empty=True))
     vae_dtype = STORAGE_DTYPES[args.vae_dtype]
     video_info = read_checkpoint_info(vae_path)
     video_info.require("video_vae")

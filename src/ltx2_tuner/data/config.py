@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import DatasetError
 
 if sys.version_info >= (3, 11):
@@ -169,8 +170,8 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
     if not path.is_file():
         raise DatasetError(f"{path}: dataset config not found; pass --dataset_config with an existing TOML file")
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        document = tomllib.loads(read_text_file(path))
+    except tomllib.TOMLDecodeError as error:
         raise DatasetError(f"{path}: not valid TOML ({error}); fix the syntax") from None
 
     problems = _Problems(path)

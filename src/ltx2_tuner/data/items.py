@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ltx2_tuner.data.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DatasetConfig
+from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import DatasetError
 
 
@@ -53,7 +54,7 @@ def _from_directory(dataset: DatasetConfig) -> list[MediaItem]:
 def _from_jsonl(dataset: DatasetConfig) -> list[MediaItem]:
     path_key = f"{dataset.kind}_path"
     items = []
-    for number, line in enumerate(dataset.source.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_file(dataset.source).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{dataset.source}:{number}"
@@ -85,8 +86,29 @@ def read_caption(item: MediaItem, allow_empty: bool = False) -> str:
                 f"{item.caption_path}: caption file missing for {item.path.name}; write one "
                 f"(caption_extension = {item.dataset.caption_extension!r})"
             )
-        caption = item.caption_path.read_text(encoding="utf-8")
+        caption = read_text_file(item.caption_path)
     caption = caption.strip()
     if not caption and not allow_empty:
         raise DatasetError(f"{where}: caption is empty; write one, or allow empty captions explicitly")
     return caption
+
+
+def caption_problems(datasets: list[DatasetConfig], allow_empty: bool = False) -> list[str]:
+    """One line per media item whose caption is missing, unreadable or (unless `allow_empty`) empty."""
+    problems = []
+    for dataset in datasets:
+        for item in list_media(dataset):
+            try:
+                read_caption(item, allow_empty=allow_empty)
+            except DatasetError as error:
+                problems.append(str(error))
+    return problems
+
+
+def raise_caption_problems(problems: list[str], limit: int = 50) -> None:
+    """One DatasetError listing every caption problem (the first `limit`, then a count)."""
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
+    if problems:
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise DatasetError(f"{len(problems)} caption problems:\n  " + "\n  ".join(problems[:limit]) + more)

@@ -7,6 +7,7 @@ structure (a clip-wide mean per channel plus smaller token-level detail), which 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -45,6 +46,7 @@ def write_synthetic_dataset(
     )
     for stem in stems:
         (root / "clips" / f"{stem}.mp4").write_bytes(stem.encode())
+        (root / "clips" / f"{stem}.txt").write_text(f"clip {stem}", encoding="utf-8")
     (dataset,) = load_dataset_config(config)
     generator = torch.Generator().manual_seed(seed)
     latent_frames = 1 + (frames - 1) // 8
@@ -73,5 +75,10 @@ def write_synthetic_dataset(
             "audio_prompt_embeds_float32": torch.randn(text_tokens, context_dims[1], generator=generator),
             "prompt_attention_mask": torch.ones(text_tokens, dtype=torch.int64),
         }
-        write_cache(naming.text_cache_path(dataset.cache_directory, stem), text, {"caption": stem})
+        text_fingerprint = {
+            "caption_sha256": hashlib.sha256(f"clip {stem}".encode()).hexdigest(),
+            "mode": "av" if with_audio else "video",
+            "connectors": {"version": version},
+        }
+        write_cache(naming.text_cache_path(dataset.cache_directory, stem), text, text_fingerprint)
     return config

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors import safe_open
 
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import dataset_digest
-from ltx2_tuner.cache.store import source_stamp, write_cache
-from ltx2_tuner.data.cached_dataset import CachedBatches
+from ltx2_tuner.cache.store import read_fingerprint, source_stamp, write_cache
+from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.errors import CacheError
 
@@ -47,8 +51,17 @@ def _cache_item(dataset, stem, window, latent_frames, fps=24.0, audio_len=None, 
             "video_prompt_embeds_bfloat16": torch.randn(16, 8, dtype=torch.bfloat16),
             "audio_prompt_embeds_bfloat16": torch.randn(16, 4, dtype=torch.bfloat16),
             "prompt_attention_mask": torch.ones(16, dtype=torch.int64),
-        }, {"caption": stem})  # fmt: skip
+        }, _text_fingerprint(dataset, stem))  # fmt: skip
     return key
+
+
+def _text_fingerprint(dataset, stem, mode="av", version="2.3"):
+    """What the text cacher records; writes the caption file it was made from if there is none."""
+    caption_file = dataset.source / f"{stem}.txt"
+    if not caption_file.exists():
+        caption_file.write_text(f"caption of {stem}")
+    digest = hashlib.sha256(caption_file.read_text().strip().encode()).hexdigest()
+    return {"caption_sha256": digest, "mode": mode, "connectors": {"version": version}}
 
 
 def test_batches_merge_the_three_caches_and_never_mix_shapes(tmp_path):
@@ -97,7 +110,7 @@ def test_compat_text_keys_are_split(tmp_path):
     _cache_item(dataset, "a", 9, latent_frames=2, audio_len=10, text=False)
     write_cache(naming.text_cache_path(dataset.cache_directory, "a"), {
         "text_bfloat16": torch.cat([torch.zeros(16, 6), torch.ones(16, 3)], -1).bfloat16(),
-        "text_mask": torch.ones(16, dtype=torch.int64)}, {})  # fmt: skip
+        "text_mask": torch.ones(16, dtype=torch.int64)}, _text_fingerprint(dataset, "a"))  # fmt: skip
     conditions = CachedBatches([dataset], "av", video_context_dim=6)[0]["conditions"]
     assert conditions["video_prompt_embeds"].shape == (1, 16, 6) and conditions["video_prompt_embeds"].max() == 0
     assert conditions["audio_prompt_embeds"].shape == (1, 16, 3) and conditions["audio_prompt_embeds"].min() == 1
@@ -152,8 +165,6 @@ def test_caches_of_other_settings_are_ignored_not_trained(tmp_path):
 
 
 def test_text_cache_must_fit_the_mode_the_model_and_the_caption(tmp_path):
-    import hashlib
-
     (dataset,) = load_dataset_config(_dataset(tmp_path, batch_size=1))
     _cache_item(dataset, "a", 9, latent_frames=2, audio_len=10, text=False)
     (dataset.source / "a.txt").write_text("a red ball")
@@ -179,3 +190,87 @@ def test_text_cache_must_fit_the_mode_the_model_and_the_caption(tmp_path):
     (dataset.source / "a.txt").write_text("a blue ball")
     with pytest.raises(CacheError, match=r"stale, the caption of a\.mp4 changed"):
         CachedBatches([dataset], "video")
+
+
+# ---- every cache file is checked before training, all problems in one error
+
+
+def _truncate(path, keep_fraction=0.6):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+
+
+def _rewrite(path, drop=(), add=None, fingerprint_update=None):
+    """Rewrite a cache file without some tensors / with others, keeping (or updating) its fingerprint."""
+    fingerprint = read_fingerprint(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys() if key not in drop}  # noqa: SIM118
+    tensors.update(add or {})
+    write_cache(path, tensors, {**fingerprint, **(fingerprint_update or {})})
+
+
+def test_truncated_latent_cache_is_an_error_naming_it_not_an_ignored_file(tmp_path):
+    (dataset,) = load_dataset_config(_dataset(tmp_path))
+    _cache_item(dataset, "a", 9, latent_frames=2)
+    path = naming.latent_cache_path(dataset.cache_directory, "a_00000-009", 640, 360)
+    _truncate(path)
+    with pytest.raises(CacheError, match=r"a_00000-009_0640x0360_ltx2\.safetensors: unreadable cache file \(file is "
+                                         r"truncated .*\); run `python ltx2_cache_latents\.py"):  # fmt: skip
+        CachedBatches([dataset], "video")
+
+
+def test_truncated_text_cache_is_caught_by_the_scan(tmp_path):
+    (dataset,) = load_dataset_config(_dataset(tmp_path))
+    _cache_item(dataset, "a", 9, latent_frames=2)
+    text_path = naming.text_cache_path(dataset.cache_directory, "a")
+    _truncate(text_path, 0.9)  # the header survives, the tensors do not
+    with pytest.raises(CacheError, match=r"a_ltx2_te\.safetensors: unreadable cache file .*ltx2_cache_text_encoder"):
+        CachedBatches([dataset], "video")
+
+
+def test_missing_tensors_and_fields_are_reported_together_one_line_per_file(tmp_path):
+    (dataset,) = load_dataset_config(_dataset(tmp_path, batch_size=1))
+    for stem in ("a", "b", "c", "d", "e"):
+        _cache_item(dataset, stem, 9, latent_frames=2, audio_len=10)
+    cache = dataset.cache_directory
+    _rewrite(naming.latent_cache_path(cache, "a_00000-009", 640, 360), drop=["latents_2x1x2_bfloat16"],
+             add={"something_else": torch.zeros(2)})  # fmt: skip
+    _rewrite(naming.audio_cache_path(cache, "b_00000-009"), drop=["audio_lengths_int32"])
+    _rewrite(naming.text_cache_path(cache, "c"), drop=["prompt_attention_mask"])
+    _rewrite(naming.text_cache_path(cache, "d"), drop=["audio_prompt_embeds_bfloat16"])
+    latent_e = naming.latent_cache_path(cache, "e_00000-009", 640, 360)
+    fingerprint = read_fingerprint(latent_e)
+    del fingerprint["fps"]
+    write_cache(latent_e, {"latents_2x1x2_float32": torch.zeros(128, 2, 1, 2)}, fingerprint)
+
+    with pytest.raises(CacheError) as caught:
+        CachedBatches([dataset], "av")
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "5 cache problems, nothing trained:"
+    problems = dict(line.strip().split(": ", 1) for line in lines[1:])
+    by_name = {Path(path).name: problem for path, problem in problems.items()}
+    assert by_name["a_00000-009_0640x0360_ltx2.safetensors"].startswith("no latents_{F}x{H}x{W}_{dtype} tensor;")
+    assert by_name["b_00000-009_ltx2_audio.safetensors"].startswith("no audio_lengths_int32 tensor of one int32;")
+    assert by_name["c_ltx2_te.safetensors"].startswith("no prompt_attention_mask tensor (its mask);")
+    assert by_name["d_ltx2_te.safetensors"].startswith("no audio_prompt_embeds tensor (the audio embeddings")
+    assert by_name["e_00000-009_0640x0360_ltx2.safetensors"].startswith("fingerprint lacks fps")
+    assert all("--skip_existing`" in problem for problem in by_name.values())
+
+
+def test_text_cache_of_another_model_width_is_named(tmp_path):
+    (dataset,) = load_dataset_config(_dataset(tmp_path))
+    _cache_item(dataset, "a", 9, latent_frames=2)
+    with pytest.raises(CacheError, match=r"a_ltx2_te\.safetensors: text embeddings are 8 wide, this model's video "
+                                         r"text context is 32"):  # fmt: skip
+        CachedBatches([dataset], "video", video_context_dim=32)
+    assert len(CachedBatches([dataset], "video", video_context_dim=8)) == 1
+
+
+def test_audio_tensor_whose_shape_contradicts_its_name_is_named(tmp_path):
+    (dataset,) = load_dataset_config(_dataset(tmp_path))
+    _cache_item(dataset, "a", 9, latent_frames=2, audio_len=10)
+    audio_path = naming.audio_cache_path(dataset.cache_directory, "a_00000-009")
+    _rewrite(audio_path, drop=["audio_latents_10x16x8_float32"], add={"audio_latents_10x16x8_float32": torch.zeros(8, 12, 16)})
+    with pytest.raises(CacheError, match=r"a_00000-009_ltx2_audio\.safetensors: tensor audio_latents_10x16x8_float32 "
+                                         r"has shape \[8, 12, 16\], its name says \[8, 10, 16\]"):  # fmt: skip
+        CachedBatches([dataset], "av")
