@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suite (fast tests by default; pass `-m slow` for the end-to-end ones). Extra arguments go to pytest.
+# Run the whole test suite, the slow end-to-end tests included (add `-m "not slow"` for the fast ones only; .ci/run
+# runs the fast ones, then the slow ones). Sets up .venv first. Extra arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 "$root/scripts/setup_env.sh"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import load_transformer, load_transformer_backbone
 from ltx2_tuner.models.key_maps import TRANSFORMER_KEYS
+from ltx2_tuner.networks import convert_lora
 from ltx2_tuner.networks import lora_ltx2 as lora
+from ltx2_tuner.networks.lora_files import read_lora_file
 from ltx2_tuner.testing.transformer_inputs import diffusers_forward, make_inputs
 
 
@@ -25,6 +29,28 @@ def _network(path, mode="av", args=None, rank=4, alpha=8.0, seed=0):
     return model, spec, params
 
 
+def _lora_weights(backbone) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in backbone.named_parameters() if ".lora_" in name}
+
+
+def _assert_unchanged(backbone, before: dict[str, torch.Tensor]) -> None:
+    after = _lora_weights(backbone)
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+
+
+def _saved(tmp_path, model, name, **edits):
+    """The model's LoRA in the official format, with `edits` (tensor name -> tensor, or None to drop) applied."""
+    tensors = lora.lora_state_dict(model.backbone, torch.float32)
+    for key, tensor in edits.items():
+        if tensor is None:
+            del tensors[key]
+        else:
+            tensors[key] = tensor
+    path = tmp_path / name
+    save_file(tensors, str(path))
+    return path
+
+
 def test_presets_select_the_expected_layers(tiny_checkpoints):
     model = load_transformer(tiny_checkpoints["2.3"].path, mode="av")
     layers = 2
@@ -32,8 +58,16 @@ def test_presets_select_the_expected_layers(tiny_checkpoints):
     assert len(video) == layers * 2 * 4 and all(".attn1." in t or ".attn2." in t for t in video)
     assert len(lora.select_targets(model.backbone, "av")) == layers * 6 * 4
     full = lora.select_targets(model.backbone, "av", ["preset=full"])
-    assert len(full) == layers * (6 * 4 + 4)
-    assert not any("to_gate_logits" in t for t in full)
+    assert len(full) == layers * (6 * 5 + 4)  # q/k/v/out + the LTX-2.3 gate of 6 attentions, 4 feed-forward
+    assert {t for t in full if "to_gate_logits" in t} == {
+        f"transformer_blocks.{i}.{attn}.to_gate_logits"
+        for i in range(layers)
+        for attn in ("attn1", "attn2", "audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
+    }
+    no_gate = lora.select_targets(model.backbone, "av", ["preset=full", "exclude=to_gate_logits"])
+    assert len(no_gate) == layers * (6 * 4 + 4)
+    ltx20 = load_transformer(tiny_checkpoints["2.0"].path, mode="av")  # no gated attention in LTX-2.0
+    assert len(lora.select_targets(ltx20.backbone, "av", ["preset=full"])) == layers * (6 * 4 + 4)
     narrowed = lora.select_targets(model.backbone, "av", ["preset=full", "exclude=audio"])
     assert not any("audio" in t for t in narrowed)
     extra = lora.select_targets(model.backbone, "video", ["include=\\.ff\\.net\\.2$"])
@@ -77,6 +111,10 @@ def test_saved_file_is_official_and_diffusers_reproduces_our_output(tiny_checkpo
     assert {
         k.removeprefix("diffusion_model.").replace(".lora_A", "").replace(".lora_B", "") for k in keys
     } <= official_params
+    gate_keys = {k for k in keys if ".to_gate_logits." in k}
+    assert ("diffusion_model.transformer_blocks.0.attn1.to_gate_logits.lora_A.weight" in gate_keys) == (
+        version == "2.3"
+    )
     assert (
         metadata["lora_rank"] == "4" and metadata["lora_alpha"] == "8.0" and metadata["base_model_version"] == version
     )
@@ -108,7 +146,9 @@ def test_load_back_official_and_musubi_formats(tiny_checkpoints, tmp_path):
         expected, _ = model(video)
 
     fresh, _, _ = _network(path, mode="video", rank=4, alpha=2.0, seed=99)
-    assert lora.load_lora_weights(official, fresh.backbone) == len(spec.targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lora.LoraLoadWarning)  # a one-to-one load is silent
+        assert lora.load_lora_weights(official, fresh.backbone) == len(spec.targets)
     with torch.no_grad():
         torch.testing.assert_close(fresh(video)[0], expected, rtol=0, atol=1e-6)
 
@@ -128,41 +168,100 @@ def test_load_back_official_and_musubi_formats(tiny_checkpoints, tmp_path):
         torch.testing.assert_close(other(video)[0], expected, rtol=0, atol=1e-6)
 
 
-def test_mismatched_files_are_clear_errors(tiny_checkpoints, tmp_path):
-    path = tiny_checkpoints["2.3"].path
-    model, spec, _ = _network(path, mode="av")
-    saved = tmp_path / "av.safetensors"
-    lora.save_lora(saved, model.backbone, spec, {})
-    video_model, _, _ = _network(path, mode="video")
-    with pytest.raises(lora.LoraFileError, match="not a target of this network"):
-        lora.load_lora_weights(saved, video_model.backbone)
-    rank8, _, _ = _network(path, mode="av", rank=8)
-    with pytest.raises(lora.LoraFileError, match="rank 4 but the network has rank 8"):
-        lora.load_lora_weights(saved, rank8.backbone)
-    (tmp_path / "junk.safetensors").write_text("junk")
-    with pytest.raises(lora.LoraFileError, match="not a readable LoRA"):
-        lora.read_lora_file(tmp_path / "junk.safetensors")
-
-
-def test_converter_round_trips_between_formats(tiny_checkpoints, tmp_path, capsys):
-    from ltx2_tuner.cli._common import run
-    from ltx2_tuner.networks import convert_lora
-
+def test_musubi_full_lora_with_the_ltx23_gate_loads(tiny_checkpoints, tmp_path):
     path = tiny_checkpoints["2.3"].path
     model, spec, _ = _network(path, mode="av", args=["preset=full"], rank=4, alpha=8.0)
     official = tmp_path / "official.safetensors"
     lora.save_lora(official, model.backbone, spec, {}, dtype=torch.float32)
-    assert run(convert_lora.main, [str(official), str(tmp_path / "musubi.safetensors"), "--to", "musubi"]) == 0
-    musubi = load_file(tmp_path / "musubi.safetensors")
-    assert all(k.startswith("lora_unet_model_transformer_blocks_") for k in musubi)
-    assert run(convert_lora.main, [str(tmp_path / "musubi.safetensors"), str(tmp_path / "back.safetensors")]) == 0
-    original, back = load_file(official), load_file(tmp_path / "back.safetensors")
-    assert original.keys() == back.keys() and all(torch.equal(original[k], back[k]) for k in original)
+    musubi = convert_lora.to_musubi(read_lora_file(official))
+    assert "lora_unet_model_transformer_blocks_1_video_to_audio_attn_to_gate_logits.lora_down.weight" in musubi
+    save_file(musubi, str(tmp_path / "musubi.safetensors"))
+
     fresh, _, _ = _network(path, mode="av", args=["preset=full"], rank=4, alpha=8.0, seed=3)
-    lora.load_lora_weights(tmp_path / "musubi.safetensors", fresh.backbone)  # the trainer reads musubi files too
+    assert lora.load_lora_weights(tmp_path / "musubi.safetensors", fresh.backbone) == len(spec.targets)
     video, audio = make_inputs(model.config)
     with torch.no_grad():
-        torch.testing.assert_close(fresh(video, audio)[0], model(video, audio)[0], rtol=0, atol=1e-6)
-    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
-    assert run(convert_lora.main, [str(tmp_path / "bad.safetensors"), str(tmp_path / "x.safetensors")]) == 2
-    assert "not a readable LoRA" in capsys.readouterr().err
+        for ours, theirs in zip(fresh(video, audio), model(video, audio), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_refused_files_name_the_problem_and_leave_the_lora_unchanged(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints["2.3"].path
+    model, _, _ = _network(path, mode="video", rank=4)
+    target, _, _ = _network(path, mode="video", rank=4, seed=7)
+    before = _lora_weights(target.backbone)
+    layers = sorted(lora.lora_state_dict(model.backbone))
+    first, last = layers[0].removesuffix(".lora_A.weight"), layers[-1].removesuffix(".lora_B.weight")
+    rank8, _, _ = _network(path, mode="video", rank=8)
+    cases = {
+        "dora": (_saved(tmp_path, model, "dora.safetensors", **{f"{first}.dora_scale": torch.ones(32)}), "DoRA"),
+        "no_b": (
+            _saved(tmp_path, model, "no_b.safetensors", **{f"{last}.lora_B.weight": None}),
+            f"layer {last} has lora_A/lora_down but no lora_B/lora_up tensor",
+        ),
+        "features": (  # the last layer, so a loader that copied as it checked would have changed the others
+            _saved(
+                tmp_path,
+                model,
+                "features.safetensors",
+                **{f"{last}.lora_A.weight": torch.ones(4, 33), f"{last}.lora_B.weight": torch.ones(32, 4)},
+            ),
+            f"layer {last} maps 33 -> 32 features in the file but 32 -> 32 in the model",
+        ),
+        "rank": (
+            _saved(tmp_path, rank8, "rank8.safetensors"),
+            "has rank 8 but the network has rank 4; pass --network_dim 8",
+        ),
+    }
+    for file, expected in cases.values():
+        with pytest.raises(lora.LoraFileError) as caught:
+            lora.load_lora_weights(file, target.backbone)
+        assert str(caught.value).startswith(f"{file}: ") and expected in str(caught.value)
+        _assert_unchanged(target.backbone, before)
+
+
+def test_partial_files_load_what_matches_and_warn_with_counts(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints["2.3"].path
+    av, _, _ = _network(path, mode="av", rank=4)  # av_attn: 2 blocks x 6 attentions x 4 projections
+    av_file = _saved(tmp_path, av, "av.safetensors")
+    video_run, _, _ = _network(path, mode="video", rank=4, seed=1)
+    with pytest.warns(lora.LoraLoadWarning) as record:
+        assert lora.load_lora_weights(av_file, video_run.backbone) == 16
+    assert [str(w.message) for w in record] == [
+        f"16 of 16 targeted layers loaded from {av_file}; 32 layers in the file are not targeted by this run (e.g. "
+        "transformer_blocks.0.audio_attn1.to_k, transformer_blocks.0.audio_attn1.to_out.0, "
+        "transformer_blocks.0.audio_attn1.to_q, ...); pass the --ltx_mode / --network_args the file was trained "
+        "with to load it one to one"
+    ]
+    name = "transformer_blocks.0.attn1.to_q"
+    loaded = dict(video_run.backbone.named_modules())[name].lora_A["default"].weight
+    assert torch.equal(loaded, dict(av.backbone.named_modules())[name].lora_A["default"].weight)
+
+    video_file = _saved(tmp_path, video_run, "video.safetensors")
+    av_run, _, _ = _network(path, mode="av", rank=4, seed=2)
+    untrained = r"^16 of 48 targeted layers loaded from .*video\.safetensors; 32 targeted layers are not in the file"
+    with pytest.warns(lora.LoraLoadWarning, match=untrained + " and start untrained; "):
+        assert lora.load_lora_weights(video_file, av_run.backbone) == 16
+
+    audio, _, _ = _network(path, mode="av", args=["preset=audio_attn"], rank=4)
+    audio_file = _saved(tmp_path, audio, "audio.safetensors")
+    before = _lora_weights(video_run.backbone)
+    with pytest.raises(lora.LoraFileError, match="none of its 16 LoRA layers is targeted by this run"):
+        lora.load_lora_weights(audio_file, video_run.backbone)
+    _assert_unchanged(video_run.backbone, before)
+
+
+def test_a_lower_rank_file_loads_exactly_and_its_extra_ranks_can_learn(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints["2.3"].path
+    rank4, _, _ = _network(path, mode="video", rank=4, alpha=4.0)
+    rank4_file = _saved(tmp_path, rank4, "rank4.safetensors")
+    rank8, _, _ = _network(path, mode="video", rank=8, alpha=16.0, seed=4)
+    lower = "16 layers have a lower rank than the network .*has rank 4, the network 8"
+    with pytest.warns(lora.LoraLoadWarning, match=lower):
+        assert lora.load_lora_weights(rank4_file, rank8.backbone) == 16
+    video, _ = make_inputs(rank4.config)
+    with torch.no_grad():
+        torch.testing.assert_close(rank8(video)[0], rank4(video)[0], rtol=0, atol=1e-6)
+    rank8(video)[0].pow(2).mean().backward()
+    up = dict(rank8.backbone.named_modules())["transformer_blocks.0.attn1.to_q"].lora_B["default"].weight
+    assert torch.all(up[:, 4:] == 0) and up.grad[:, 4:].abs().sum() > 0

@@ -7,11 +7,12 @@ Targets are chosen by a preset and optional regexes (`--network_args preset=full
 | `video_attn` (default, video mode) | video self-attention `attn1`, video text cross-attention `attn2` |
 | `av_attn` (default, AV mode) | those + `audio_attn1`, `audio_attn2`, `audio_to_video_attn`, `video_to_audio_attn` |
 | `audio_attn` (default, audio mode) | `audio_attn1`, `audio_attn2` |
-| `full` | every attention the build has, plus the feed-forward layers (`ff`, `audio_ff`) |
+| `full` | every attention the build has (and its `to_gate_logits` gate on LTX-2.3), plus `ff`, `audio_ff` |
 
 The LoRA weights stay in float32 whatever the base dtype. The saved file uses the official module names:
 `diffusion_model.<official path>.lora_A.weight` / `.lora_B.weight`, with alpha / rank folded into `lora_B` and no
 `.alpha` tensors, which ComfyUI, diffusers' `LTX2LoraLoaderMixin` and Lightricks' pipelines all load as is.
+`load_lora_weights` reads that format and musubi's (`lora_files.py` says which files are refused).
 Facts: ../shared/reference/official-ltx-trainer.md §1.3, §1.12; diffusers-ltx2-and-peers.md §3.
 """
 
@@ -19,19 +20,19 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
-from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ltx2_tuner.errors import ConfigError, Ltx2TunerError
+from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models.key_maps import TRANSFORMER_KEYS
 from ltx2_tuner.models.safetensors_io import save_atomically
+from ltx2_tuner.networks.lora_files import OFFICIAL_PREFIX, LoraFileError, LoraLayer, read_lora_file
 
-OFFICIAL_PREFIX = "diffusion_model."
 _PROJECTIONS = r"(to_q|to_k|to_v|to_out\.0)"
 _FEED_FORWARD = r"(ff|audio_ff)\.net\.(0\.proj|2)"
 PRESETS = {
@@ -39,14 +40,15 @@ PRESETS = {
     "av_attn": rf"transformer_blocks\.\d+\.(attn1|attn2|audio_attn1|audio_attn2|audio_to_video_attn|"
     rf"video_to_audio_attn)\.{_PROJECTIONS}",
     "audio_attn": rf"transformer_blocks\.\d+\.(audio_attn1|audio_attn2)\.{_PROJECTIONS}",
-    "full": rf"transformer_blocks\.\d+\.([a-z_0-9]*attn[a-z_0-9]*\.{_PROJECTIONS}|{_FEED_FORWARD})",
+    # LTX-2.3's per-head attention gate `to_gate_logits` too, as musubi's `full`, so its full LoRAs load.
+    "full": rf"transformer_blocks\.\d+\.([a-z_0-9]*attn[a-z_0-9]*\.({_PROJECTIONS}|to_gate_logits)|{_FEED_FORWARD})",
 }
 DEFAULT_PRESET = {"video": "video_attn", "av": "av_attn", "audio": "audio_attn"}
 ADAPTER = "default"
 
 
-class LoraFileError(Ltx2TunerError):
-    """A LoRA file cannot be read or does not fit the model."""
+class LoraLoadWarning(UserWarning):
+    """A LoRA file loaded, but not one to one into the network (partial coverage, lower rank)."""
 
 
 @dataclass(frozen=True)
@@ -143,78 +145,83 @@ def save_lora(path: Path, backbone: nn.Module, spec: LoraSpec, metadata: dict, d
     save_atomically(lora_state_dict(backbone, dtype), path, header)
 
 
-def read_lora_file(path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{diffusers module name: (A [r, in], B [out, r] with the scale folded in)} from an official-format or a
-    musubi-format (`lora_unet_*.lora_down/lora_up/alpha`) file."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not iterable)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise LoraFileError(f"{path}: not a readable LoRA safetensors file ({error})") from None
-    if any(key.startswith(OFFICIAL_PREFIX) for key in tensors):
-        return _from_official(path, tensors)
-    if any(key.startswith("lora_unet_") for key in tensors):
-        return _from_musubi(path, tensors)
-    raise LoraFileError(
-        f"{path}: no `diffusion_model.*` (official/ComfyUI) or `lora_unet_*` (musubi) LoRA keys; not an LTX-2 LoRA"
-    )
-
-
-def _from_official(path: Path, tensors: dict) -> dict:
-    layers = {}
-    for key, tensor in tensors.items():
-        if not key.endswith(".lora_A.weight"):
-            continue
-        stem = key[: -len(".lora_A.weight")]
-        up = tensors.get(f"{stem}.lora_B.weight")
-        if up is None:
-            raise LoraFileError(f"{path}: {stem}.lora_B.weight is missing")
-        scale = 1.0
-        if f"{stem}.alpha" in tensors:  # other tools keep alpha apart; fold it as we do
-            scale = float(tensors[f"{stem}.alpha"]) / tensor.shape[0]
-        name = TRANSFORMER_KEYS.to_diffusers(stem.removeprefix(OFFICIAL_PREFIX))
-        layers[name] = (tensor.float(), up.float() * scale)
-    return layers
-
-
-def _from_musubi(path: Path, tensors: dict) -> dict:
-    layers = {}
-    for key, down in tensors.items():
-        if not key.endswith(".lora_down.weight"):
-            continue
-        stem = key[: -len(".lora_down.weight")]
-        up = tensors[f"{stem}.lora_up.weight"]
-        alpha = float(tensors.get(f"{stem}.alpha", torch.tensor(down.shape[0])))
-        flat = stem.removeprefix("lora_unet_").removeprefix("model_")
-        layers[flat] = (down.float(), up.float() * (alpha / down.shape[0]))
-    return {"__flat__": layers}  # resolved against the model's module names by `load_lora_weights`
-
-
 def load_lora_weights(path: Path, backbone: nn.Module) -> int:
-    """Copy a LoRA file into the injected LoRA layers (same rank and targets); return how many layers loaded."""
-    layers = read_lora_file(path)
-    modules = dict(_lora_layers(backbone))
-    if "__flat__" in layers:  # musubi names are official paths with dots turned into underscores
-        by_flat = {TRANSFORMER_KEYS.to_official(name, prefix="").replace(".", "_"): name for name in modules}
-        unknown = [flat for flat in layers["__flat__"] if flat not in by_flat]
-        if unknown:
-            raise LoraFileError(f"{path}: LoRA layer {unknown[0]} is not a target of this network")
-        layers = {by_flat[flat]: weights for flat, weights in layers["__flat__"].items()}
-    missing = sorted(set(layers) - set(modules))
-    if missing:
+    """Copy a LoRA file (official or musubi format) into the injected LoRA layers; return how many were loaded.
+
+    All or nothing: a refused file (see `read_lora_file`), a layer whose features differ, a rank above the
+    network's, or a file of which no layer is targeted raises LoraFileError before anything is copied. A file that
+    covers only part of the targets, or has layers this run does not target, loads what matches and warns.
+    """
+    lora_file = read_lora_file(path)
+    modules = {
+        TRANSFORMER_KEYS.to_official(name, prefix=OFFICIAL_PREFIX): module for name, module in _lora_layers(backbone)
+    }
+    matched = sorted(set(lora_file.layers) & set(modules))
+    if not matched:
         raise LoraFileError(
-            f"{path}: LoRA layer {missing[0]} (and {len(missing) - 1} more) is not a target of this network; train "
-            "with the same --network_args / mode, or use a matching file"
+            f"{path}: none of its {len(lora_file.layers)} LoRA layers is targeted by this run (file: "
+            f"{_examples(lora_file.layers)}; run: {_examples(modules)}); use the --ltx_mode and --network_args the "
+            "file was trained with"
         )
+    _check_fits(path, {name: (lora_file.layers[name], modules[name]) for name in matched})
     with torch.no_grad():
-        for name, (down, up) in layers.items():
-            module = modules[name]
-            a, b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
-            if a.shape != down.shape or b.shape != up.shape:
-                raise LoraFileError(
-                    f"{path}: {name} has rank {down.shape[0]} but the network has rank {a.shape[0]}; "
-                    "pass the file's --network_dim"
-                )
-            a.copy_(down)
-            b.copy_(up / module.scaling[ADAPTER])  # the file's B carries the scale; PEFT applies it again
-    return len(layers)
+        for name in matched:
+            _copy_layer(lora_file.layers[name], modules[name])
+    _warn_partial_coverage(path, set(lora_file.layers), set(modules), matched)
+    return len(matched)
+
+
+def _examples(names, count: int = 3) -> str:
+    names = sorted(names)
+    shown = ", ".join(name.removeprefix(OFFICIAL_PREFIX) for name in names[:count])
+    return shown + (", ..." if len(names) > count else "")
+
+
+def _check_fits(path: Path, pairs: dict[str, tuple[LoraLayer, nn.Module]]) -> None:
+    """Features must match; a higher rank than the network's is an error, a lower one loads (and warns)."""
+    largest_rank = max(layer.rank for layer, _ in pairs.values())
+    lower_rank = []
+    for name, (layer, module) in pairs.items():
+        rank, in_features = module.lora_A[ADAPTER].weight.shape
+        out_features = module.lora_B[ADAPTER].weight.shape[0]
+        if (layer.down.shape[1], layer.up.shape[0]) != (in_features, out_features):
+            raise LoraFileError(
+                f"{path}: layer {name} maps {layer.down.shape[1]} -> {layer.up.shape[0]} features in the file but "
+                f"{in_features} -> {out_features} in the model; the file is for another model (LTX-2 vs LTX-2.3?)"
+            )
+        if layer.rank > rank:
+            raise LoraFileError(
+                f"{path}: layer {name} has rank {layer.rank} but the network has rank {rank}; pass "
+                f"--network_dim {largest_rank} (the file's largest rank)"
+            )
+        if layer.rank < rank:
+            lower_rank.append(f"{name.removeprefix(OFFICIAL_PREFIX)} has rank {layer.rank}, the network {rank}")
+    if lower_rank:
+        warnings.warn(
+            f"{path}: {len(lower_rank)} layers have a lower rank than the network (e.g. {lower_rank[0]}); they load "
+            "exactly and the extra ranks start from zero (pass the file's --network_dim to match it)",
+            LoraLoadWarning,
+            stacklevel=3,
+        )
+
+
+def _copy_layer(layer: LoraLayer, module: nn.Module) -> None:
+    a, b = module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight
+    rank = layer.rank
+    a[:rank].copy_(layer.down)
+    # Extra ranks (a file of lower rank) keep A's fresh init and B = 0: the output is the file's, and they can learn.
+    b.zero_()
+    b[:, :rank].copy_(layer.folded_up() / module.scaling[ADAPTER])  # the file's B carries the scale; PEFT adds it
+
+
+def _warn_partial_coverage(path: Path, in_file: set[str], targeted: set[str], matched: list[str]) -> None:
+    ignored, untrained = in_file - targeted, targeted - in_file
+    if not ignored and not untrained:
+        return
+    parts = [f"{len(matched)} of {len(targeted)} targeted layers loaded from {path}"]
+    if ignored:
+        parts.append(f"{len(ignored)} layers in the file are not targeted by this run (e.g. {_examples(ignored)})")
+    if untrained:
+        parts.append(f"{len(untrained)} targeted layers are not in the file and start untrained")
+    parts.append("pass the --ltx_mode / --network_args the file was trained with to load it one to one")
+    warnings.warn("; ".join(parts), LoraLoadWarning, stacklevel=3)
