@@ -10,9 +10,9 @@ import torch
 from safetensors import safe_open
 
 from ltx2_tuner.cache import naming
+from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.cache.store import read_fingerprint, source_stamp, write_cache
-from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.errors import CacheError
 
@@ -270,7 +270,11 @@ def test_audio_tensor_whose_shape_contradicts_its_name_is_named(tmp_path):
     (dataset,) = load_dataset_config(_dataset(tmp_path))
     _cache_item(dataset, "a", 9, latent_frames=2, audio_len=10)
     audio_path = naming.audio_cache_path(dataset.cache_directory, "a_00000-009")
-    _rewrite(audio_path, drop=["audio_latents_10x16x8_float32"], add={"audio_latents_10x16x8_float32": torch.zeros(8, 12, 16)})
+    _rewrite(
+        audio_path,
+        drop=["audio_latents_10x16x8_float32"],
+        add={"audio_latents_10x16x8_float32": torch.zeros(8, 12, 16)},
+    )
     with pytest.raises(CacheError, match=r"a_00000-009_ltx2_audio\.safetensors: tensor audio_latents_10x16x8_float32 "
                                          r"has shape \[8, 12, 16\], its name says \[8, 10, 16\]"):  # fmt: skip
         CachedBatches([dataset], "av")

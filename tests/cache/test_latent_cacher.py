@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_latents import main
-from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.testing.synthetic_media import write_image, write_video
 
@@ -282,8 +282,8 @@ def test_av_audio_latents_come_from_the_cut_then_resampled_window(tmp_path, chec
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
     from ltx2_tuner.data.mel import log_mel_spectrogram
     from ltx2_tuner.models import read_checkpoint_info
-    from ltx2_tuner.testing.synthetic_media import write_audio
     from ltx2_tuner.testing.audio_reference import decode_all, documented_resample
+    from ltx2_tuner.testing.synthetic_media import write_audio
 
     config = _dataset(tmp_path, videos=(("clip_a", False),))
     rng = np.random.default_rng(5)

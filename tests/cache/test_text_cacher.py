@@ -13,9 +13,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ltx2_tuner.cache.cached_dataset import _conditions, _load
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_text_encoder_outputs import main
-from ltx2_tuner.cache.cached_dataset import _conditions, _load
 
 CAPTIONS = {"fox": "A red fox runs through deep snow, tracking shot.", "cat": "a cat", "sea": "waves " * 200}
 

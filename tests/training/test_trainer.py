@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.train_network import main
-from ltx2_tuner.data.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.models import load_transformer
 from ltx2_tuner.networks import lora_ltx2
@@ -74,6 +74,8 @@ def test_resume_equals_an_uninterrupted_run(tiny_checkpoints, tmp_path):
     assert json.loads((state / "train_state.json").read_text())["step"] == 10
     (tmp_path / "part" / "ltx2_lora.safetensors").unlink()
     assert _train(checkpoint, config, tmp_path / "part", *common, "--resume", str(state)) == 0
+    records = (tmp_path / "part" / "logs" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in records] == list(range(1, 21))  # steps 11-20 logged once
     full = load_file(tmp_path / "full" / "ltx2_lora.safetensors")
     resumed = load_file(tmp_path / "part" / "ltx2_lora.safetensors")
     assert full.keys() == resumed.keys()

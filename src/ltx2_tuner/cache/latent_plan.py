@@ -163,7 +163,9 @@ def unusable_cache_files(plan: LatentPlan, datasets: list[DatasetConfig]) -> lis
     """
     usable = {job.latent_path for job in plan.jobs}
     usable |= {
-        naming.audio_cache_path(job.latent_path.parent, job.key) for job in plan.jobs if job.item.dataset.kind == "video"
+        naming.audio_cache_path(job.latent_path.parent, job.key)
+        for job in plan.jobs
+        if job.item.dataset.kind == "video"
     }
     return [
         path

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from ltx2_tuner.errors import Ltx2TunerError
+from ltx2_tuner.flags import DATASET_CONFIG, LTX2_CHECKPOINT, LTX_MODE, add_flag, with_help
 
 EXIT_USER_ERROR = 2
 
@@ -24,20 +24,15 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         return 130
 
 
-# Flags that several commands share, defined once (same name, type, default and help everywhere).
+# Flags that several commands share, defined once in ltx2_tuner.flags (same name, type, default and help everywhere).
 def add_dataset_flags(parser: argparse.ArgumentParser, checkpoint_required: bool) -> None:
     """--dataset_config and --ltx2_checkpoint."""
-    parser.add_argument("--dataset_config", type=Path, required=True, help="dataset TOML (see docs/dataset-config.md)")
-    parser.add_argument(
-        "--ltx2_checkpoint",
-        type=Path,
-        required=checkpoint_required,
-        help="official LTX-2 / LTX-2.3 checkpoint (.safetensors)",
-    )
+    add_flag(parser, DATASET_CONFIG, required=True)
+    add_flag(parser, LTX2_CHECKPOINT, required=checkpoint_required)
 
 
 def add_mode_flag(parser: argparse.ArgumentParser, what_av_adds: str) -> None:
-    parser.add_argument("--ltx_mode", choices=("video", "av"), default="video", help=f"av also {what_av_adds}")
+    add_flag(parser, with_help(LTX_MODE, f"; av also {what_av_adds}"))
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:

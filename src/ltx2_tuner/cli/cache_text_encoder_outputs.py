@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ltx2_tuner.cli._common import add_dataset_flags, add_device_flags, add_mode_flag, resolve_device, run
+from ltx2_tuner.dtypes import COMPUTE_DTYPES
 from ltx2_tuner.errors import ConfigError
 
-PRECISIONS = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GEMMA_DTYPE = torch.bfloat16  # Gemma 3's own dtype, as the official trainer and diffusers' pipeline run it
 
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mode_flag(parser, "caches audio embeddings")
     parser.add_argument(
         "--mixed_precision",
-        choices=tuple(PRECISIONS),
+        choices=tuple(COMPUTE_DTYPES),
         default="bf16",
         help="dtype of the connectors and of the stored embeddings (no = float32; default bf16)",
     )
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--sample_prompts_cache needs --sample_prompts")
     quantization = _quantization(args)
     device = resolve_device(args.device)
-    dtype = PRECISIONS[args.mixed_precision]
+    dtype = COMPUTE_DTYPES[args.mixed_precision]
 
     # Everything that can be wrong is found here, before any weights load.
     check_quantization(quantization, device)

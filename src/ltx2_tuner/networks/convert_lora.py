@@ -51,4 +51,3 @@ def convert_lora_file(source: Path, target: Path, to: str) -> int:
     tensors = CONVERTERS[to](read_lora_file(source))
     save_atomically(tensors, target, {"format": f"ltx2-lora-{to}", "converted_from": Path(source).name})
     return len(tensors)
-

@@ -8,6 +8,9 @@ frozen base weight (tens of GB) next to the few MB of LoRA:
       optimizer.pt         optimizer state (identical on every rank under DDP, so rank 0 writes it)
       rng-rank{r}.pt       each rank's generator and global RNG states
       train_state.json     step, epoch, batches done in the epoch, and the run fingerprint checked on resume
+
+A save writes the folder as `.state-step000100.partial` and renames it into place once every rank's files are in
+it, so a run killed while saving leaves no folder that looks like a state; the next save removes such leftovers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,11 @@ import torch
 from ltx2_tuner.errors import ConfigError
 
 STATE_FILE = "train_state.json"
+TRAINABLE_FILE = "trainable.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+_PARTIAL_SUFFIX = ".partial"
+_REPLACED_SUFFIX = ".replaced"
+_EARLIER = "resume from an earlier state-step folder"
 
 
 @dataclass
@@ -44,6 +52,10 @@ def state_dir(output_dir: Path, step: int) -> Path:
     return output_dir / f"state-step{step:06d}"
 
 
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
+
+
 def keep_last(output_dir: Path, name: str, keep: int | None) -> None:
     """Delete all but the newest `keep` intermediate LoRA files and state folders of this run."""
     if not keep:
@@ -56,10 +68,32 @@ def keep_last(output_dir: Path, name: str, keep: int | None) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# Writing a state folder: rank 0 starts it, every rank adds its files, rank 0 publishes it after a barrier.
+def start_state_folder(output_dir: Path, step: int) -> Path:
+    """Remove leftovers of saves that never finished; return the new, empty temporary folder of this save."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in output_dir.glob(".state-step*"):
+        if leftover.name.endswith((_PARTIAL_SUFFIX, _REPLACED_SUFFIX)) and leftover.is_dir():
+            shutil.rmtree(leftover)
+    partial = partial_state_dir(output_dir, step)
+    partial.mkdir()
+    return partial
+
+
+def partial_state_dir(output_dir: Path, step: int) -> Path:
+    """Where a save of `step` writes before it is complete (hidden, and not matched by keep_last)."""
+    return output_dir / f".{state_dir(output_dir, step).name}{_PARTIAL_SUFFIX}"
+
+
+def publish_state_folder(partial: Path, final: Path) -> None:
+    """Rename the complete temporary folder to `final`; a folder already there (an earlier save of this step) goes."""
+    if final.exists():
+        replaced = final.with_name(f".{final.name}{_REPLACED_SUFFIX}")
+        os.replace(final, replaced)
+        os.replace(partial, final)
+        shutil.rmtree(replaced)
+    else:
+        os.replace(partial, final)
 
 
 def save_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
@@ -71,14 +105,101 @@ def save_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
-    _atomic_torch_save(states, directory / f"rng-rank{rank}.pt")
+    torch.save(states, directory / rng_file(rank))
 
 
-def load_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
-    path = directory / f"rng-rank{rank}.pt"
+def save_trainable(directory: Path, module: torch.nn.Module) -> None:
+    params = {name: p.detach().cpu() for name, p in module.named_parameters() if p.requires_grad}
+    torch.save(params, directory / TRAINABLE_FILE)
+
+
+def save_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
+    torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+
+
+def write_state(directory: Path, state: TrainState) -> None:
+    (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
+
+
+# Resuming: read and check every file first, then restore; a bad folder changes nothing.
+@dataclass
+class SavedState:
+    state: TrainState
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict  # this rank's
+
+
+def read_saved_state(directory: Path, rank: int, processes: int) -> SavedState:
+    """Every file of a --resume folder, loaded on the CPU and checked; one line naming the bad file otherwise."""
+    directory = Path(directory)
+    if directory.name.endswith((_PARTIAL_SUFFIX, _REPLACED_SUFFIX)):
+        raise ConfigError(f"{directory}: an unfinished save (the run stopped while writing it); {_EARLIER}")
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: --resume folder not found; pass a state-stepNNNNNN folder of --save_state")
+    names = (STATE_FILE, TRAINABLE_FILE, OPTIMIZER_FILE, *(rng_file(r) for r in range(processes)))
+    if not any((directory / name).exists() for name in names):
+        raise ConfigError(f"{directory}: not a training state folder (no {STATE_FILE}); pass a state-step* folder")
+    state = _read_train_state(directory / STATE_FILE)
+    saved_processes = (state.fingerprint or {}).get("processes", processes)
+    if saved_processes != processes:
+        raise ConfigError(
+            f"{directory}: saved by {saved_processes} process(es), this run has {processes}; launch "
+            f"{saved_processes} to resume it"
+        )
+    trainable = _load(directory / TRAINABLE_FILE, weights_only=True)
+    if not isinstance(trainable, dict) or not all(isinstance(v, torch.Tensor) for v in trainable.values()):
+        raise ConfigError(f"{directory / TRAINABLE_FILE}: damaged (not a dict of tensors); {_EARLIER}")
+    optimizer = _load(directory / OPTIMIZER_FILE, weights_only=False)
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= optimizer.keys():
+        raise ConfigError(f"{directory / OPTIMIZER_FILE}: damaged (not an optimizer state); {_EARLIER}")
+    rngs = [_load(directory / rng_file(r), weights_only=False) for r in range(processes)]
+    for r, rng in enumerate(rngs):
+        if not isinstance(rng, dict) or not {"generator", "torch", "numpy", "python"} <= rng.keys():
+            raise ConfigError(f"{directory / rng_file(r)}: damaged (not random states); {_EARLIER}")
+    return SavedState(state, trainable, optimizer, rngs[rank])
+
+
+def _read_train_state(path: Path) -> TrainState:
     if not path.is_file():
-        raise ConfigError(f"{path}: missing; resume with the same number of processes as the saved run")
-    states = torch.load(path, weights_only=False)
+        raise ConfigError(f"{path}: missing; {_EARLIER}")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: damaged ({error}); {_EARLIER}") from None
+    keys = {field.name for field in fields(TrainState)}
+    counters = ("step", "epoch", "batches_done")
+    if (
+        not isinstance(values, dict)
+        or values.keys() != keys
+        or not all(isinstance(values[k], int) and values[k] >= 0 for k in counters)
+    ):
+        raise ConfigError(f"{path}: damaged (expected {', '.join(sorted(keys))}); {_EARLIER}")
+    return TrainState(**values)
+
+
+def _load(path: Path, weights_only: bool):
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing; {_EARLIER}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # a damaged pickle/zip raises almost anything: EOFError, KeyError, RuntimeError, ...
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0]  # torch's zip errors run on
+        raise ConfigError(f"{path}: damaged ({type(error).__name__}: {reason}); {_EARLIER}") from None
+
+
+def restore(saved: SavedState, module: torch.nn.Module, optimizer, generator: torch.Generator) -> None:
+    """Put the saved trainable weights, optimizer state and random states back (checked by read_saved_state)."""
+    current = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    if saved.trainable.keys() != current.keys() or any(
+        saved.trainable[name].shape != param.shape for name, param in current.items()
+    ):
+        raise ConfigError("--resume: the saved trainable parameters differ from this network's; resume the same run")
+    with torch.no_grad():
+        for name, param in current.items():
+            param.copy_(saved.trainable[name])
+    optimizer.load_state_dict(saved.optimizer)
+    states = saved.rng
     generator.set_state(states["generator"])
     torch.set_rng_state(states["torch"])
     np.random.set_state(states["numpy"])
@@ -87,43 +208,15 @@ def load_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_trainable(directory: Path, module: torch.nn.Module) -> None:
-    params = {name: p.detach().cpu() for name, p in module.named_parameters() if p.requires_grad}
-    _atomic_torch_save(params, directory / "trainable.pt")
-
-
-def load_trainable(directory: Path, module: torch.nn.Module) -> None:
-    saved = torch.load(directory / "trainable.pt", weights_only=True)
-    current = {name: p for name, p in module.named_parameters() if p.requires_grad}
-    if saved.keys() != current.keys():
-        raise ConfigError(f"{directory}: its trainable parameters differ from this network's; resume the same run")
-    with torch.no_grad():
-        for name, param in current.items():
-            param.copy_(saved[name])
-
-
-def save_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
-    _atomic_torch_save(optimizer.state_dict(), directory / "optimizer.pt")
-
-
-def write_state(directory: Path, state: TrainState) -> None:
-    tmp = directory / f".{STATE_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
-    os.replace(tmp, directory / STATE_FILE)
-
-
-def read_state(directory: Path) -> TrainState:
-    path = directory / STATE_FILE
-    if not path.is_file():
-        raise ConfigError(f"{directory}: not a training state folder (no {STATE_FILE}); pass a state-step* folder")
-    return TrainState(**json.loads(path.read_text()))
-
-
-def check_fingerprint(directory: Path, saved: dict | None, current: dict) -> None:
-    """Resume only the same run: stop with every differing setting named."""
+def check_fingerprint(directory: Path, saved: dict | None, current: dict, may_differ: tuple[str, ...] = ()) -> None:
+    """Resume only the same run (settings in `may_differ` aside): stop with every differing setting named."""
     saved = saved or {}
     current = json.loads(json.dumps(current))
-    changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+    keys = (set(saved) | set(current)) - set(may_differ)
+    changed = sorted(key for key in keys if saved.get(key) != current.get(key))
     if changed:
         details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in changed)
-        raise ConfigError(f"{directory}: cannot resume, the run changed ({details}); restore those settings")
+        fix = "restore those settings"
+        if "total_steps" in changed:
+            fix += " (a new --max_train_steps / --max_train_epochs alone is allowed with --resume_extend)"
+        raise ConfigError(f"{directory}: cannot resume, the run changed ({details}); {fix}")

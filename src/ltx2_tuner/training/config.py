@@ -1,20 +1,35 @@
 """Training settings: every flag of `ltx2_train_network.py`, defined once, grouped by concern.
 
-Each flag has one default and one help text, here. `--config_file settings.toml` sets any flag by its name
-(`learning_rate = 1e-4`); the command line wins over the file. Unknown keys and wrong types in the file are errors
-naming the key (with the closest valid one).
+Each flag has one default, one help text and its bounds, here (flags the caching commands share come from
+ltx2_tuner.flags). `--config_file settings.toml` sets any flag by its name (`learning_rate = 1e-4`); the command
+line wins over the file. Unknown keys and wrong types in the file are errors naming the key (with the closest valid
+one). `parse_args` then reports every problem with the values together, one line each, before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
+import importlib.util
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.flags import (
+    DATASET_CONFIG,
+    LTX2_CHECKPOINT,
+    LTX_MODE,
+    Flag,
+    above,
+    add_flag,
+    at_least,
+    between,
+    with_help,
+)
+from ltx2_tuner.training.flow_matching import SIGMA_SAMPLERS
+from ltx2_tuner.training.optim import optimizer_class, parse_optimizer_args
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,32 +37,17 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-SIGMA_SAMPLERS = ("shifted_logit_normal", "uniform", "sigmoid", "shift")
-
-
-@dataclass(frozen=True)
-class Flag:
-    name: str
-    type: Any
-    default: Any
-    help: str
-    choices: tuple | None = None
-    action: str | None = None  # "store_true", or "boolean" for --flag / --no-flag
-    nargs: str | None = None
+# What the trainer calls on --network_module.
+NETWORK_MODULE_API = ("select_targets", "LoraSpec", "add_lora", "load_lora_weights", "save_lora")
+POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = above(0), at_least(0), at_least(1)
 
 
 def _flags() -> dict[str, list[Flag]]:
     return {
         "data and model": [
-            Flag("dataset_config", Path, None, "dataset TOML whose caches were made (required)"),
-            Flag("ltx2_checkpoint", Path, None, "official LTX-2 / LTX-2.3 checkpoint (required)"),
-            Flag(
-                "ltx_mode",
-                str,
-                "video",
-                "video: video-only LoRA (no audio stream is built); av: audio-video",
-                choices=("video", "av"),
-            ),
+            with_help(DATASET_CONFIG, "; its caches must exist (required)"),
+            with_help(LTX2_CHECKPOINT, " (required)"),
+            with_help(LTX_MODE, "; video builds no audio stream, av trains an audio-video LoRA"),
             Flag("gemma_root", Path, None, "Gemma 3 directory; only needed for --sample_prompts previews"),
             Flag(
                 "dit",
@@ -66,7 +66,7 @@ def _flags() -> dict[str, list[Flag]]:
                 str,
                 "bf16",
                 "compute precision; the base weights are stored in it (no = fp32)",
-                choices=("no", "bf16", "fp16"),
+                choices=tuple(COMPUTE_DTYPES),
             ),
             Flag(
                 "gradient_checkpointing",
@@ -77,13 +77,19 @@ def _flags() -> dict[str, list[Flag]]:
             ),
             Flag("attention_backend", str, "native", "diffusers attention backend (native = PyTorch SDPA)"),
             Flag("seed", int, 42, "random seed; each process adds its rank"),
-            Flag("max_data_loader_n_workers", int, 2, "DataLoader worker processes"),
+            Flag("max_data_loader_n_workers", int, 2, "DataLoader worker processes", bound=NON_NEGATIVE),
         ],
         "network": [
-            Flag("network_module", str, "ltx2_tuner.networks.lora_ltx2", "the network to train"),
-            Flag("network_dim", int, 32, "LoRA rank"),
-            Flag("network_alpha", float, 32.0, "LoRA alpha (scale alpha/rank; folded into lora_B when saved)"),
-            Flag("network_dropout", float, 0.0, "dropout on the LoRA input"),
+            Flag("network_module", str, "ltx2_tuner.networks.lora_ltx2", "the network to train (an importable module)"),
+            Flag("network_dim", int, 32, "LoRA rank", bound=AT_LEAST_ONE),
+            Flag(
+                "network_alpha",
+                float,
+                32.0,
+                "LoRA alpha (scale alpha/rank; folded into lora_B when saved)",
+                bound=POSITIVE,
+            ),
+            Flag("network_dropout", float, 0.0, "dropout on the LoRA input", bound=between(0, 1, include_high=False)),
             Flag(
                 "network_args",
                 str,
@@ -94,7 +100,7 @@ def _flags() -> dict[str, list[Flag]]:
             Flag("network_weights", Path, None, "start from this LoRA file (official or musubi format)"),
         ],
         "optimization": [
-            Flag("learning_rate", float, 1e-4, "peak learning rate"),
+            Flag("learning_rate", float, 1e-4, "peak learning rate", bound=POSITIVE),
             Flag("optimizer_type", str, "AdamW", "AdamW, AdamW8bit (bitsandbytes), or any module.Class path"),
             Flag(
                 "optimizer_args",
@@ -104,21 +110,46 @@ def _flags() -> dict[str, list[Flag]]:
                 nargs="*",
             ),
             Flag("lr_scheduler", str, "constant", "learning-rate schedule", choices=LR_SCHEDULERS),
-            Flag("lr_warmup_steps", int, 0, "linear warm-up steps (optimizer steps)"),
-            Flag("max_train_steps", int, 1600, "optimizer steps to train (ignored when --max_train_epochs is set)"),
-            Flag("max_train_epochs", int, None, "train this many epochs instead of --max_train_steps"),
-            Flag("gradient_accumulation_steps", int, 1, "batches per optimizer step"),
-            Flag("max_grad_norm", float, 1.0, "clip the gradient norm to this (0: no clipping)"),
+            Flag("lr_warmup_steps", int, 0, "linear warm-up steps (optimizer steps)", bound=NON_NEGATIVE),
+            Flag(
+                "max_train_steps",
+                int,
+                1600,
+                "optimizer steps to train (ignored when --max_train_epochs is set)",
+                bound=AT_LEAST_ONE,
+            ),
+            Flag(
+                "max_train_epochs",
+                int,
+                None,
+                "train this many epochs instead of --max_train_steps",
+                bound=AT_LEAST_ONE,
+            ),
+            Flag(
+                "gradient_accumulation_steps",
+                int,
+                1,
+                "batches per optimizer step; the last, smaller group of an epoch makes a step too",
+                bound=AT_LEAST_ONE,
+            ),
+            Flag("max_grad_norm", float, 1.0, "clip the gradient norm to this (0: no clipping)", bound=NON_NEGATIVE),
         ],
         "flow matching": [
             Flag("timestep_sampling", str, "shifted_logit_normal", "sigma sampler", choices=SIGMA_SAMPLERS),
-            Flag("discrete_flow_shift", float, 3.0, "shift of --timestep_sampling shift"),
-            Flag("sigmoid_scale", float, 1.0, "scale of the normal draw of --timestep_sampling sigmoid/shift"),
+            Flag("discrete_flow_shift", float, 3.0, "shift of --timestep_sampling shift", bound=POSITIVE),
+            Flag(
+                "sigmoid_scale",
+                float,
+                1.0,
+                "scale of the normal draw of --timestep_sampling sigmoid/shift",
+                bound=POSITIVE,
+            ),
             Flag(
                 "ltx2_first_frame_conditioning_p",
                 float,
                 0.1,
                 "probability per sample that the first latent frame is a clean condition (no loss)",
+                bound=between(0, 1),
             ),
             Flag(
                 "independent_audio_timestep",
@@ -127,24 +158,39 @@ def _flags() -> dict[str, list[Flag]]:
                 "draw the audio sigma independently (official); --no-independent_audio_timestep shares the video's",
                 action="boolean",
             ),
-            Flag("video_loss_weight", float, 1.0, "weight of the video loss"),
-            Flag("audio_loss_weight", float, 1.0, "weight of the audio loss (AV)"),
+            Flag("video_loss_weight", float, 1.0, "weight of the video loss", bound=NON_NEGATIVE),
+            Flag("audio_loss_weight", float, 1.0, "weight of the audio loss (AV)", bound=NON_NEGATIVE),
         ],
         "saving and logging": [
             Flag("output_dir", Path, Path("output"), "where LoRA files, states and logs go"),
             Flag("output_name", str, "ltx2_lora", "file name stem of the LoRA files"),
-            Flag("save_every_n_steps", int, None, "save a LoRA every N optimizer steps"),
-            Flag("save_every_n_epochs", int, None, "save a LoRA every N epochs"),
-            Flag("save_last_n_checkpoints", int, None, "keep only the newest N intermediate LoRA files (and states)"),
-            Flag("save_precision", str, "bf16", "dtype of the saved LoRA", choices=("bf16", "fp16", "fp32")),
+            Flag("save_every_n_steps", int, None, "save a LoRA every N optimizer steps", bound=AT_LEAST_ONE),
+            Flag("save_every_n_epochs", int, None, "save a LoRA every N epochs", bound=AT_LEAST_ONE),
+            Flag(
+                "save_last_n_checkpoints",
+                int,
+                None,
+                "keep only the newest N intermediate LoRA files (and states)",
+                bound=AT_LEAST_ONE,
+            ),
+            Flag("save_precision", str, "bf16", "dtype of the saved LoRA", choices=tuple(STORAGE_DTYPES)),
             Flag(
                 "save_state",
                 bool,
                 False,
-                "also save optimizer, scheduler, RNG and step for --resume",
+                "also save the resumable state (trainable weights, optimizer, RNG, step) beside each LoRA, the "
+                "final one included",
                 action="store_true",
             ),
-            Flag("resume", Path, None, "continue a run from a state folder saved with --save_state"),
+            Flag("resume", Path, None, "continue a run from a state-stepNNNNNN folder saved with --save_state"),
+            Flag(
+                "resume_extend",
+                bool,
+                False,
+                "with --resume: the run may have a new --max_train_steps / --max_train_epochs (to train a finished "
+                "run longer); the LR schedule follows the new total, every other setting must match",
+                action="store_true",
+            ),
             Flag("logging_dir", Path, None, "TensorBoard/JSONL log folder (default: OUTPUT_DIR/logs)"),
             Flag("log_with", str, "tensorboard", "metrics backend", choices=("tensorboard", "wandb", "none")),
             Flag("config_file", Path, None, "TOML file setting any of these flags by name; the command line wins"),
@@ -162,22 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     for title, flags in _flags().items():
         group = parser.add_argument_group(title)
         for flag in flags:
-            help_text = f"{flag.help} (default: {flag.default})" if flag.default not in (None, False) else flag.help
-            if flag.action == "store_true":
-                group.add_argument(f"--{flag.name}", action="store_true", default=flag.default, help=help_text)
-            elif flag.action == "boolean":
-                group.add_argument(
-                    f"--{flag.name}", action=argparse.BooleanOptionalAction, default=flag.default, help=help_text
-                )
-            else:
-                group.add_argument(
-                    f"--{flag.name}",
-                    type=flag.type,
-                    default=flag.default,
-                    choices=flag.choices,
-                    nargs=flag.nargs,
-                    help=help_text,
-                )
+            add_flag(group, flag)
     return parser
 
 
@@ -216,20 +247,60 @@ def _apply_config_file(parser: argparse.ArgumentParser, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags, with `--config_file` values as defaults; then checks that span several flags."""
+    """Flags, with `--config_file` values as defaults; then every problem with them at once, before any model loads."""
     parser = build_parser()
     first = parser.parse_args(argv)
     if first.config_file is not None:
         _apply_config_file(parser, first.config_file)
     args = parser.parse_args(argv)
-    missing = [name for name in ("dataset_config", "ltx2_checkpoint") if getattr(args, name) is None]
-    if missing:
-        raise ConfigError(f"--{missing[0]} is required (on the command line or in --config_file)")
-    for name in ("network_dim", "gradient_accumulation_steps", "max_train_steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1")
-    if args.max_train_epochs is not None and args.max_train_epochs < 1:
-        raise ConfigError("--max_train_epochs must be at least 1")
-    if not 0 <= args.ltx2_first_frame_conditioning_p <= 1:
-        raise ConfigError("--ltx2_first_frame_conditioning_p must be in [0, 1]")
+    problems = flag_problems(args)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems with the flags:\n" + "\n".join(f"  {p}" for p in problems))
     return args
+
+
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """One line per problem: missing required flags, values out of bounds, names that do not import."""
+    problems = [
+        f"--{name} is required (on the command line or in --config_file)"
+        for name in ("dataset_config", "ltx2_checkpoint")
+        if getattr(args, name) is None
+    ]
+    problems += [p for flag in FLAGS.values() if (p := flag.problem(getattr(args, flag.name))) is not None]
+    if args.resume_extend and args.resume is None:
+        problems.append("--resume_extend: only means something with --resume STATE_FOLDER; add it or drop the flag")
+    if (problem := _network_module_problem(args)) is not None:
+        problems.append(problem)
+    return problems + _optimizer_problems(args)
+
+
+def _network_module_problem(args) -> str | None:
+    name = args.network_module
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package that does not exist, or an empty/relative name
+        found = False
+    if not found:
+        return (
+            f"--network_module {name}: no such module; check the spelling (default {FLAGS['network_module'].default})"
+        )
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:
+        return f"--network_module {name}: cannot be imported ({error}); install what it needs"
+    missing = [attr for attr in NETWORK_MODULE_API if not hasattr(module, attr)]
+    if missing:
+        return f"--network_module {name}: not a network module (lacks {', '.join(missing)})"
+    return None
+
+
+def _optimizer_problems(args) -> list[str]:
+    problems = []
+    for check, value in ((optimizer_class, args.optimizer_type), (parse_optimizer_args, args.optimizer_args)):
+        try:
+            check(value)
+        except ConfigError as error:
+            problems.append(str(error))
+    return problems

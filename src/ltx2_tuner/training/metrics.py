@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ltx2_tuner.errors import ConfigError
@@ -16,17 +17,40 @@ def sigma_bucket(sigma: float) -> str:
     return f"{SIGMA_BUCKETS[index]:.2f}-{SIGMA_BUCKETS[index + 1]:.2f}"
 
 
-class MetricLogger:
-    """`log(metrics, step)` writes `metrics.jsonl` in `directory` and to the chosen backend (tensorboard, wandb, none)."""
+def keep_records_up_to(path: Path, step: int) -> None:
+    """Drop the records after `step` from a JSONL metrics file (and a line cut short by a killed run), atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
 
-    def __init__(self, directory: Path, backend: str, config: dict):
+
+class MetricLogger:
+    """`log(metrics, step)` writes `metrics.jsonl` in `directory` and to the chosen backend (tensorboard, wandb, none).
+
+    A run that starts at `start_step` (a resume; 0 for a new run) first drops what an earlier run in this folder
+    logged after that step, so each step appears once.
+    """
+
+    def __init__(self, directory: Path, backend: str, config: dict, start_step: int = 0):
         directory.mkdir(parents=True, exist_ok=True)
+        keep_records_up_to(directory / "metrics.jsonl", start_step)
         self._jsonl = (directory / "metrics.jsonl").open("a", encoding="utf-8")
         self._tensorboard = self._wandb = None
         if backend == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(directory))
+            # TensorBoard hides the earlier events from this step on, as the JSONL file drops them.
+            self._tensorboard = SummaryWriter(str(directory), purge_step=start_step + 1)
         elif backend == "wandb":
             try:
                 import wandb

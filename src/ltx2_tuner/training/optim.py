@@ -8,12 +8,15 @@ the official trainer's multi-GPU bug).
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import math
 
 import torch
 
 from ltx2_tuner.errors import ConfigError
+
+KNOWN_OPTIMIZERS = ("AdamW", "AdamW8bit")
 
 
 def parse_optimizer_args(args: list[str] | None) -> dict:
@@ -31,30 +34,42 @@ def parse_optimizer_args(args: list[str] | None) -> dict:
     return kwargs
 
 
-def make_optimizer(params, optimizer_type: str, learning_rate: float, args: list[str] | None) -> torch.optim.Optimizer:
-    """AdamW (default), AdamW8bit (bitsandbytes, CUDA) or any importable `module.Class`."""
-    kwargs = parse_optimizer_args(args)
+def optimizer_class(optimizer_type: str) -> type:
+    """The class --optimizer_type names: AdamW, AdamW8bit (bitsandbytes, CUDA) or any importable `module.Class`.
+
+    Argument checks call this too, so a typo fails before any model loads."""
     name = optimizer_type.lower()
     if name == "adamw":
-        cls = torch.optim.AdamW
-        # One fused kernel over all LoRA tensors: the per-tensor default costs ~40x more on the CPU and is
-        # measurable next to a forward+backward even on GPUs.
-        if "foreach" not in kwargs:
-            kwargs.setdefault("fused", True)
-    elif name == "adamw8bit":
+        return torch.optim.AdamW
+    if name == "adamw8bit":
         try:
             import bitsandbytes
         except ImportError:
             raise ConfigError("--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes") from None
-        cls = bitsandbytes.optim.AdamW8bit
-    else:
-        module_name, _, class_name = optimizer_type.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError, ValueError):
-            raise ConfigError(
-                f"--optimizer_type {optimizer_type}: not AdamW, AdamW8bit or an importable module.Class"
-            ) from None
+        return bitsandbytes.optim.AdamW8bit
+    module_name, _, class_name = optimizer_type.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        cls = None
+    if not isinstance(cls, type):
+        close = difflib.get_close_matches(optimizer_type, KNOWN_OPTIMIZERS, n=1)
+        hint = f"did you mean {close[0]}?" if close else "check the spelling"
+        raise ConfigError(
+            f"--optimizer_type {optimizer_type}: not AdamW, AdamW8bit or an importable module.Class "
+            f"(e.g. torch.optim.SGD); {hint}"
+        )
+    return cls
+
+
+def make_optimizer(params, optimizer_type: str, learning_rate: float, args: list[str] | None) -> torch.optim.Optimizer:
+    """An optimizer of `optimizer_class(optimizer_type)` over `params`, with --optimizer_args."""
+    kwargs = parse_optimizer_args(args)
+    cls = optimizer_class(optimizer_type)
+    if cls is torch.optim.AdamW and "foreach" not in kwargs:
+        # One fused kernel over all LoRA tensors: the per-tensor default costs ~40x more on the CPU and is
+        # measurable next to a forward+backward even on GPUs.
+        kwargs.setdefault("fused", True)
     try:
         return cls(params, lr=learning_rate, **kwargs)
     except TypeError as error:

@@ -2,11 +2,13 @@
 
 Works under `accelerate launch` (DDP; each rank takes its own share of every epoch's batches and draws its own
 noise from seed + rank) and plain `python`. The learning rate is a function of the optimizer step, set before each
-optimizer step, so it advances once per optimizer step however many processes run.
+optimizer step, so it advances once per optimizer step however many processes run. Gradient accumulation is
+counted here (training/accumulation.py): the last, smaller group of an epoch makes an optimizer step too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import time
@@ -18,18 +20,17 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cache.latent_plan import dataset_digest
-from ltx2_tuner.data.cached_dataset import CachedBatches
 from ltx2_tuner.data.config import load_dataset_config
+from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
 from ltx2_tuner.models import context_dims, load_transformer, read_checkpoint_info
+from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
 from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
-
-WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class TrainingError(Ltx2TunerError):
@@ -65,6 +66,7 @@ class Run:
     generator: torch.Generator
     state: ckpt.TrainState
     total_steps: int
+    batches_per_rank: int  # batches of an epoch each process takes
     steps_per_epoch: int
     logger: MetricLogger | None
     fingerprint: dict
@@ -86,21 +88,24 @@ def setup(args) -> Run:
     info = read_checkpoint_info(args.ltx2_checkpoint)
     check_precision(info, args.mixed_precision)
     datasets = load_dataset_config(args.dataset_config)
+    # No gradient_accumulation_steps here: accelerate cannot see the end of our per-epoch DataLoader, so its counter
+    # would let the last, smaller group of an epoch spill into the next one. The loop counts groups itself.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # lets `accelerate launch --multi_gpu` run CPU processes (gloo)
         mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
         # A LoRA may have layers that a batch does not reach (audio layers on an image batch).
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    # A missing or damaged --resume folder fails here, before minutes of model loading and before any weight changes.
+    saved = ckpt.read_saved_state(args.resume, rank, world) if args.resume else None
     generator = torch.Generator().manual_seed(args.seed + rank)  # each rank draws its own noise and sigmas
     torch.manual_seed(args.seed + rank)
     for ignored in ("dit", "vae"):
         if getattr(args, ignored) is not None and accelerator.is_main_process:
             print(f"warning: --{ignored} is ignored; every model part comes from --ltx2_checkpoint")
 
-    weight_dtype = WEIGHT_DTYPES[args.mixed_precision]
+    weight_dtype = COMPUTE_DTYPES[args.mixed_precision]
     model = load_transformer(
         info, args.ltx_mode, dtype=weight_dtype, device=accelerator.device,
         attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
@@ -117,39 +122,44 @@ def setup(args) -> Run:
     model.train()
     optimizer = make_optimizer(params, args.optimizer_type, args.learning_rate, args.optimizer_args)
 
-    steps_per_epoch = max(1, len(batches) // world // args.gradient_accumulation_steps)
     if len(batches) < world:
         raise ConfigError(f"{len(batches)} batch(es) per epoch cannot feed {world} processes; add data or processes")
+    batches_per_rank = len(batches) // world
+    steps_per_epoch = acc.steps_per_epoch(batches_per_rank, args.gradient_accumulation_steps)
     total_steps = args.max_train_epochs * steps_per_epoch if args.max_train_epochs else args.max_train_steps
     fingerprint = {
         "checkpoint": info.fingerprint, "mode": args.ltx_mode, "network_module": args.network_module,
         "rank": args.network_dim, "alpha": args.network_alpha, "targets": list(targets),
         "datasets": [dataset_digest(d) for d in datasets], "optimizer": args.optimizer_type,
         "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
-        "batches_per_epoch": len(batches),
+        "batches_per_epoch": len(batches), "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }  # fmt: skip
     model, optimizer = accelerator.prepare(model, optimizer)
     state = ckpt.TrainState(fingerprint=fingerprint)
-    if args.resume:
-        state = _resume(args.resume, accelerator, model, network_module, optimizer, generator, fingerprint)
+    if saved is not None:
+        state = _resume(args, saved, accelerator.unwrap_model(model).backbone, optimizer, generator, fingerprint)
     logger = None
     if accelerator.is_main_process:
-        logger = MetricLogger(args.logging_dir or args.output_dir / "logs", args.log_with, vars(args))
+        logger = MetricLogger(args.logging_dir or args.output_dir / "logs", args.log_with, vars(args), state.step)
     flow = FlowSettings(
         args.timestep_sampling, args.discrete_flow_shift, args.sigmoid_scale, args.ltx2_first_frame_conditioning_p,
         args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight,
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
-               total_steps, steps_per_epoch, logger, fingerprint, weight_dtype)  # fmt: skip
+               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype)  # fmt: skip
 
 
-def _resume(directory, accelerator, model, network_module, optimizer, generator, fingerprint) -> ckpt.TrainState:
-    directory = Path(directory)
-    state = ckpt.read_state(directory)
-    ckpt.check_fingerprint(directory, state.fingerprint, fingerprint)
-    ckpt.load_trainable(directory, accelerator.unwrap_model(model).backbone)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False))
-    ckpt.load_rng(directory, accelerator.process_index, generator)
+def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
+    """Check that the saved run is this one (its length aside with --resume_extend), then restore it."""
+    state = saved.state
+    ckpt.check_fingerprint(args.resume, state.fingerprint, fingerprint, ("total_steps",) if args.resume_extend else ())
+    if args.resume_extend and fingerprint["total_steps"] <= state.step:
+        raise ConfigError(
+            f"--resume_extend: {args.resume} is at step {state.step} already and this run ends at step "
+            f"{fingerprint['total_steps']}; pass a longer --max_train_steps or --max_train_epochs"
+        )
+    ckpt.restore(saved, backbone, optimizer, generator)
+    state.fingerprint = fingerprint  # later states carry the new length
     return state
 
 
@@ -169,22 +179,16 @@ def train(args) -> Path:
             waited = time.perf_counter()
             for batch in loader:
                 window["wait"] += time.perf_counter() - waited
-                with accelerator.accumulate(run.model):
-                    loss, parts, inputs = _forward_backward(run, batch)
-                    _check_finite(loss, state, batch, last_saved)
-                    _collect(window, loss, parts, inputs)
-                    if accelerator.sync_gradients:
-                        learning_rate = args.learning_rate * lr_factor(
-                            state.step, run.total_steps, args.lr_scheduler, args.lr_warmup_steps
-                        )
-                        set_learning_rate(run.optimizer, learning_rate)
-                        if args.max_grad_norm > 0:
-                            # Only the network's parameters: walking the frozen base costs ~3% of a step.
-                            accelerator.clip_grad_norm_(run.trainable, args.max_grad_norm)
-                    run.optimizer.step()
-                    run.optimizer.zero_grad(set_to_none=True)
+                group = (state.batches_done, run.batches_per_rank, args.gradient_accumulation_steps)
+                steps = acc.ends_group(*group)
+                # Under DDP, gradients are averaged across processes on the last backward of a group only.
+                with contextlib.nullcontext() if steps else accelerator.no_sync(run.model):
+                    loss, parts, inputs = _forward_backward(run, batch, acc.group_size(*group))
+                _check_finite(loss, state, batch, last_saved)
+                _collect(window, loss, parts, inputs)
                 state.batches_done += 1
-                if accelerator.sync_gradients:
+                if steps:
+                    learning_rate = _optimizer_step(run)
                     state.step += 1
                     _log(run, window, learning_rate, progress)
                     window = _new_window()
@@ -193,7 +197,7 @@ def train(args) -> Path:
                     if state.step >= run.total_steps:
                         break
                 waited = time.perf_counter()
-            if state.batches_done >= share.start + len(share):  # this rank's share of the epoch is done
+            if state.batches_done >= run.batches_per_rank:  # this rank's share of the epoch is done
                 state.epoch += 1
                 state.batches_done = 0
                 if args.save_every_n_epochs and state.epoch % args.save_every_n_epochs == 0:
@@ -211,13 +215,29 @@ def train(args) -> Path:
     return final
 
 
-def _forward_backward(run: Run, batch: dict):
+def _forward_backward(run: Run, batch: dict, group_size: int):
+    """Loss of one batch and its gradients, scaled so that a group's gradients are the mean over its batches."""
     inputs = prepare_inputs(batch, run.args.ltx_mode, run.flow, run.generator, run.accelerator.device, run.weight_dtype)
     with run.accelerator.autocast():
         predictions = run.model(inputs.video, inputs.audio)
         loss, parts = compute_loss(predictions, inputs, run.flow)
-    run.accelerator.backward(loss)
+    run.accelerator.backward(loss / group_size)
     return loss, parts, inputs
+
+
+def _optimizer_step(run: Run) -> float:
+    """Set the scheduled learning rate, clip, step and clear the gradients; return the learning rate used."""
+    args = run.args
+    learning_rate = args.learning_rate * lr_factor(
+        run.state.step, run.total_steps, args.lr_scheduler, args.lr_warmup_steps
+    )
+    set_learning_rate(run.optimizer, learning_rate)
+    if args.max_grad_norm > 0:
+        # Only the network's parameters: walking the frozen base costs ~3% of a step.
+        run.accelerator.clip_grad_norm_(run.trainable, args.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return learning_rate
 
 
 def _check_finite(loss: torch.Tensor, state: ckpt.TrainState, batch: dict, last_saved: Path | None) -> None:
@@ -268,7 +288,7 @@ def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
 
 
 def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
-    """The LoRA (rank 0), plus the resumable state with --save_state for intermediate saves; keeps the last N."""
+    """The LoRA (rank 0) and, with --save_state, the resumable state (not for the Ctrl-C save); keeps the last N."""
     args, accelerator = run.args, run.accelerator
     output_dir: Path = args.output_dir
     name = args.output_name + name_suffix
@@ -277,20 +297,29 @@ def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        run.network_module.save_lora(path, backbone, run.spec, _lora_metadata(run), SAVE_DTYPES[args.save_precision])
-    if args.save_state and step is not None:
-        directory = ckpt.state_dir(output_dir, step)
-        if accelerator.is_main_process:
-            directory.mkdir(parents=True, exist_ok=True)
-            ckpt.save_trainable(directory, backbone)
-            ckpt.save_optimizer(directory, run.optimizer)
-            ckpt.write_state(directory, run.state)
-        accelerator.wait_for_everyone()
-        ckpt.save_rng(directory, accelerator.process_index, run.generator)
+        dtype = STORAGE_DTYPES[args.save_precision]
+        run.network_module.save_lora(path, backbone, run.spec, _lora_metadata(run), dtype)
+    if args.save_state and not name_suffix:
+        _save_state(run, backbone)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and step is not None and not name_suffix:
         ckpt.keep_last(output_dir, args.output_name, args.save_last_n_checkpoints)
     return path
+
+
+def _save_state(run: Run, backbone) -> None:
+    """state-stepNNNNNN/ of the current step: written under a temporary name, renamed once every rank's files are in."""
+    accelerator, output_dir, step = run.accelerator, run.args.output_dir, run.state.step
+    if accelerator.is_main_process:
+        partial = ckpt.start_state_folder(output_dir, step)
+        ckpt.save_trainable(partial, backbone)
+        ckpt.save_optimizer(partial, run.optimizer)
+        ckpt.write_state(partial, run.state)
+    accelerator.wait_for_everyone()
+    ckpt.save_rng(ckpt.partial_state_dir(output_dir, step), accelerator.process_index, run.generator)
+    accelerator.wait_for_everyone()  # every rank's random states are written
+    if accelerator.is_main_process:
+        ckpt.publish_state_folder(ckpt.partial_state_dir(output_dir, step), ckpt.state_dir(output_dir, step))
 
 
 def _lora_metadata(run: Run) -> dict:
