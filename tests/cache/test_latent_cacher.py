@@ -49,7 +49,7 @@ def _dataset(tmp_path: Path, extra: str = "", videos=(("clip_a", True), ("clip_b
 
 
 def _cache(config, checkpoint, *flags, capsys=None) -> int:
-    return run(main, ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--vae_dtype", "fp32",
+    return run(main, ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint),
                       "--device", "cpu", *flags])  # fmt: skip
 
 
@@ -72,15 +72,16 @@ def test_names_keys_and_shapes(tmp_path, checkpoint, capsys):
         "clip_b_00000-017_0080x0048_ltx2.safetensors", "clip_b_00000-017_ltx2_audio.safetensors",
     ]  # fmt: skip
     video = _tensors(cache / "clip_a_00000-017_0080x0048_ltx2.safetensors")
-    assert list(video) == ["latents_3x1x2_float32"]
-    assert video["latents_3x1x2_float32"].shape == (128, 1 + (17 - 1) // 8, 32 // 32, 64 // 32)
+    assert list(video) == ["latents_3x1x2_bfloat16"]  # the default --vae_dtype
+    assert video["latents_3x1x2_bfloat16"].shape == (128, 1 + (17 - 1) // 8, 32 // 32, 64 // 32)
     audio = _tensors(cache / "clip_a_00000-017_ltx2_audio.safetensors")
-    # 17 frames at 24 fps = 0.708 s = 11333 samples at 16 kHz -> 71 mel frames -> 18 latents (25/s, +1 causal first)
+    # 17 frames at 24 fps = 0.708 s = 34000 samples at 48 kHz -> 11334 at 16 kHz -> 71 mel frames -> 18 latents
+    # (25/s, +1 causal first); audio latents are always float32
     assert set(audio) == {"audio_latents_18x16x8_float32", "audio_lengths_int32"}
     assert audio["audio_latents_18x16x8_float32"].shape == (8, 18, 16)
     assert audio["audio_lengths_int32"].tolist() == [18] and audio["audio_lengths_int32"].dtype == torch.int32
     image = _tensors(tmp_path / "cache" / "stills" / "photo_0050x0070_ltx2.safetensors")
-    assert list(image) == ["latents_1x2x1_float32"]  # an image is one frame: F=1 latents of a 32x64 bucket
+    assert list(image) == ["latents_1x2x1_bfloat16"]  # an image is one frame: F=1 latents of a 32x64 bucket
     assert not list((tmp_path / "cache" / "stills").glob("*_ltx2_audio.safetensors"))
 
 
@@ -96,8 +97,8 @@ def test_latents_are_the_normalized_vae_means(tmp_path, checkpoint):
     with torch.no_grad():
         means = vae.encode(frames[None]).latent_dist.mode()[0]
     expected = (means - vae.latents_mean.view(-1, 1, 1, 1)) / vae.latents_std.view(-1, 1, 1, 1)
-    cached = _tensors(tmp_path / "cache" / "stills" / "photo_0050x0070_ltx2.safetensors")["latents_1x2x1_float32"]
-    torch.testing.assert_close(cached, expected)
+    cached = _tensors(tmp_path / "cache" / "stills" / "photo_0050x0070_ltx2.safetensors")["latents_1x2x1_bfloat16"]
+    torch.testing.assert_close(cached, expected.to(torch.bfloat16))  # computed in fp32 on the CPU, stored in bf16
 
 
 def test_missing_audio_is_listed_not_skipped(tmp_path, checkpoint, capsys):
@@ -210,7 +211,7 @@ def test_video_mode_pruning_keeps_the_av_audio_caches(tmp_path, checkpoint, caps
 def test_killed_run_leaves_no_corrupt_file_and_a_rerun_completes(tmp_path, checkpoint):
     config = _dataset(tmp_path, videos=tuple((f"clip_{i}", True) for i in range(8)))
     command = [sys.executable, "-m", "ltx2_tuner.cli.cache_latents", "--dataset_config", str(config),
-               "--ltx2_checkpoint", str(checkpoint), "--vae_dtype", "fp32", "--device", "cpu", "--ltx_mode", "av"]  # fmt: skip
+               "--ltx2_checkpoint", str(checkpoint), "--device", "cpu", "--ltx_mode", "av"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     cache = tmp_path / "cache" / "clips"
     deadline = time.time() + 120

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     config = write_demo_dataset(out / "data")
     common = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--ltx_mode", "av"]
     cpu = ["--device", "cpu"]
-    _step("python ltx2_cache_latents.py", [*common, "--vae_dtype", "fp32", *cpu, "--skip_existing"],
+    _step("python ltx2_cache_latents.py", [*common, *cpu, "--skip_existing"],
           cache_latents.main)  # fmt: skip
     _step("python ltx2_cache_text_encoder_outputs.py",
           [*common, "--gemma_root", str(gemma), "--mixed_precision", "no", *cpu, "--skip_existing"],
