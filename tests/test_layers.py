@@ -14,9 +14,10 @@ LAYERS = {
     "errors": 0, "dtypes": 0, "flags": 0,
     "models": 1, "data": 1,
     "cache": 2, "networks": 2,
-    "training": 3, "sampling": 3,
-    "testing": 4,
-    "cli": 5,
+    "sampling": 3,
+    "training": 4,
+    "testing": 5,
+    "cli": 6,
 }  # fmt: skip
 
 

@@ -46,6 +46,37 @@ def test_options_negative_prompt_and_defaults():
     assert parse_prompt_line("a cat --n  --d 3", "p.txt:3").negative_prompt == ""  # an empty negative prompt
 
 
+def test_fps_alias_audio_guidance_image_and_version_defaults(tmp_path):
+    (tmp_path / "frames").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "frames" / "fox.png")
+    path = tmp_path / "prompts.txt"
+    path.write_text("a fox --fps 25 --ga 6.5 --i frames/fox.png\na cat --fs 30\n", encoding="utf-8")
+    fox, cat = read_sample_prompts(path)
+    assert (fox.frame_rate, fox.audio_guidance_scale, cat.frame_rate) == (25.0, 6.5, 30.0)
+    assert fox.image == str(tmp_path / "frames" / "fox.png")  # relative to the prompt file's folder
+    # Steps and CFG scales left unset are the model version's defaults, filled in when sampling.
+    assert cat.steps is None and cat.guidance_scale is None and cat.audio_guidance_scale is None and cat.image is None
+    # The official trainer's long default negative prompt.
+    assert (
+        DEFAULT_NEGATIVE_PROMPT.startswith("blurry, out of focus, overexposed") and len(DEFAULT_NEGATIVE_PROMPT) > 900
+    )
+    assert DEFAULT_NEGATIVE_PROMPT.endswith("stylized filters, or AI artifacts.")
+
+    path.write_text("# header\na fox --i frames/wolf.png\n", encoding="utf-8")
+    missing = re.escape(f"{path}:2: --i frames/wolf.png: image not found at {tmp_path / 'frames' / 'wolf.png'}")
+    with pytest.raises(DatasetError, match=rf"^{missing}; fix the path"):
+        read_sample_prompts(path)
+    for line, message in (
+        ("a --fs 24 --fps 25", r"^p:1: --fps is given twice \(as --fs\)$"),
+        ("a --ga -1", r"^p:1: --ga -1.0 must not be negative$"),
+        ("a --g nan", r"^p:1: --g nan must not be negative$"),
+        ("a --s 0", r"^p:1: --fs and --s must be positive$"),
+        ("a --i", r"^p:1: --i needs an image path"),
+    ):
+        with pytest.raises(DatasetError, match=message):
+            parse_prompt_line(line, "p:1")
+
+
 def test_comments_blank_lines_and_errors_with_line_numbers(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("# comment\n\n  # indented comment\nfirst --d 1\nsecond\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The README's main command: the demo runs end to end and writes an official-format AV LoRA."""
+"""The README's main command: the demo runs end to end and writes an official-format AV LoRA and an AV preview."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import av
 import pytest
 from safetensors import safe_open
 
@@ -33,4 +34,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert any(".audio_attn1." in k for k in keys) and any(".audio_to_video_attn." in k for k in keys)
     first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", result.stdout).groups())
     assert last < first
+    preview = out / "lora" / "sample" / "demo_av_lora_step000080_00.mp4"
+    assert f"demo: AV preview at step 80: {preview}" in result.stdout
+    with av.open(str(preview)) as container:  # 17 frames of 96x64 with a stereo AAC track
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.width, video.codec_context.height, video.frames) == (96, 64, 17)
+        assert audio.codec_context.name == "aac" and audio.channels == 2
     assert "Traceback" not in result.stderr

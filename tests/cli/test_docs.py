@@ -12,6 +12,7 @@ from ltx2_tuner.cli import (
     cache_text_encoder_outputs,
     convert_lora,
     demo,
+    generate_video,
     inspect_checkpoint,
     train_network,
 )
@@ -51,7 +52,16 @@ def test_the_matcher_escapes_the_flag():
 
 @pytest.mark.parametrize(
     "command",
-    [cache_latents, cache_text_encoder_outputs, convert_lora, demo, inspect_checkpoint, make_tiny, train_network],
+    [
+        cache_latents,
+        cache_text_encoder_outputs,
+        convert_lora,
+        demo,
+        generate_video,
+        inspect_checkpoint,
+        make_tiny,
+        train_network,
+    ],
 )
 def test_every_flag_is_documented(command):
     parser = command.build_parser()

@@ -4,19 +4,24 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
 
     line    := prompt { option }                 blank lines and lines starting with "#" are skipped
     option  := "--" name value                   an option starts at whitespace + "--" + a letter
-    name    := w | h | f | d | s | g | fs | n
+    name    := w | h | f | fs | fps | d | s | g | ga | i | n
 
     --w INT    width in pixels, multiple of 32              (default 768)
     --h INT    height in pixels, multiple of 32             (default 512)
     --f INT    frames, 8k+1 (1 = an image)                   (default 49)
-    --fs NUM   frame rate in frames per second              (default 24)
+    --fs NUM   frame rate in frames per second; --fps too   (default 24)
     --d INT    seed                                         (default 42)
-    --s INT    denoising steps                              (default 30)
-    --g NUM    classifier-free guidance scale               (default 3.0)
-    --n TEXT   negative prompt: the text up to the next option (default: DEFAULT_NEGATIVE_PROMPT)
+    --s INT    denoising steps                              (default: the model's, 40 on LTX-2.0, 30 on LTX-2.3)
+    --g NUM    video classifier-free guidance scale         (default: the model's, 3.0)
+    --ga NUM   audio classifier-free guidance scale (AV)    (default: the model's, 7.0)
+    --i PATH   first-frame image (image-to-video), relative to the prompt file's folder
+    --n TEXT   negative prompt: the text up to the next option (default: DEFAULT_NEGATIVE_PROMPT, the official one)
 
     # a comment
     a red fox runs through snow, tracking shot --w 768 --h 512 --f 49 --d 7 --n blurry, static --g 4
+
+Unset steps and guidance scales are None here; the preview fills in the model version's official defaults
+(sampling.defaults), so one prompt file serves both model families.
 
 The cache, `{prompt file stem}_ltx2_sample_te.safetensors` beside the prompt file, holds per prompt i
 `video_prompt_embeds_{i}` [1024, Dv], `audio_prompt_embeds_{i}` (AV), `prompt_attention_mask_{i}` [1024] and the same
@@ -41,7 +46,21 @@ from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import CacheError, DatasetError
 
 SAMPLE_CACHE_SUFFIX = "_ltx2_sample_te.safetensors"
-DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"  # official trainer's
+# The official trainer's default negative prompt for validation samples (ltx-trainer config.py). Defined here, in the
+# lowest layer that needs it; sampling.defaults re-exports it as OFFICIAL_NEGATIVE_PROMPT.
+DEFAULT_NEGATIVE_PROMPT = (
+    "blurry, out of focus, overexposed, underexposed, low contrast, washed out colors, excessive noise, "
+    "grainy texture, poor lighting, flickering, motion blur, distorted proportions, unnatural skin tones, "
+    "deformed facial features, asymmetrical face, missing facial features, extra limbs, disfigured hands, "
+    "wrong hand count, artifacts around text, inconsistent perspective, camera shake, incorrect depth of "
+    "field, background too sharp, background clutter, distracting reflections, harsh shadows, inconsistent "
+    "lighting direction, color banding, cartoonish rendering, 3D CGI look, unrealistic materials, uncanny "
+    "valley effect, incorrect ethnicity, wrong gender, exaggerated expressions, wrong gaze direction, "
+    "mismatched lip sync, silent or muted audio, distorted voice, robotic voice, echo, background noise, "
+    "off-sync audio, incorrect dialogue, added dialogue, repetitive speech, jittery movement, awkward "
+    "pauses, incorrect timing, unnatural transitions, inconsistent framing, tilted camera, flat lighting, "
+    "inconsistent tone, cinematic oversaturation, stylized filters, or AI artifacts."
+)
 _OPTION_START = re.compile(r"\s+--(?=[A-Za-z])")
 _PROMPTS_KEY = "prompts"
 _COMMAND = "python ltx2_cache_text_encoder_outputs.py"
@@ -49,7 +68,7 @@ _COMMAND = "python ltx2_cache_text_encoder_outputs.py"
 
 @dataclass(frozen=True)
 class SamplePrompt:
-    """One line of a prompt file, with defaults filled in."""
+    """One line of a prompt file, with defaults filled in. None: the model version's default, chosen at sampling."""
 
     prompt: str
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -58,30 +77,39 @@ class SamplePrompt:
     num_frames: int = 49
     frame_rate: float = 24.0
     seed: int = 42
-    steps: int = 30
-    guidance_scale: float = 3.0
+    steps: int | None = None
+    guidance_scale: float | None = None  # video CFG
+    audio_guidance_scale: float | None = None  # audio CFG (AV)
+    image: str | None = None  # first-frame image (I2V), resolved against the prompt file's folder
 
 
-# option name -> (field, parser)
+# option name -> (field, parser); --fps is an alias of --fs
 _OPTIONS = {
     "w": ("width", int),
     "h": ("height", int),
     "f": ("num_frames", int),
     "fs": ("frame_rate", float),
+    "fps": ("frame_rate", float),
     "d": ("seed", int),
     "s": ("steps", int),
     "g": ("guidance_scale", float),
+    "ga": ("audio_guidance_scale", float),
+    "i": ("image", str),
     "n": ("negative_prompt", str),
 }
 
 
-def parse_prompt_line(line: str, where: str) -> SamplePrompt:
-    """Parse one non-comment line; DatasetError naming `where` (file:line) for anything invalid."""
+def parse_prompt_line(line: str, where: str, folder: Path | None = None) -> SamplePrompt:
+    """Parse one non-comment line; DatasetError naming `where` (file:line) for anything invalid.
+
+    folder: where a relative `--i` image path starts (the prompt file's folder; default the working directory).
+    """
     prompt, *segments = _OPTION_START.split(line.strip())
     prompt = prompt.strip()
     if not prompt or prompt.startswith("--"):
         raise DatasetError(f"{where}: the line has options but no prompt; write the prompt first")
     values: dict[str, object] = {}
+    given: dict[str, str] = {}  # field -> the option that set it (for --fs / --fps)
     for segment in segments:
         name, *rest = segment.strip().split(maxsplit=1)
         value = rest[0].strip() if rest else ""
@@ -90,15 +118,32 @@ def parse_prompt_line(line: str, where: str) -> SamplePrompt:
             raise DatasetError(f"{where}: unknown option --{name}; the options are {known}")
         field_name, parse = _OPTIONS[name]
         if field_name in values:
-            raise DatasetError(f"{where}: --{name} is given twice")
+            also = "" if given[field_name] == name else f" (as --{given[field_name]})"
+            raise DatasetError(f"{where}: --{name} is given twice{also}")
         try:
             values[field_name] = parse(value)
         except ValueError:
             kind = "an integer" if parse is int else "a number"
             raise DatasetError(f"{where}: --{name} needs {kind}, not {value!r}") from None
+        given[field_name] = name
+    if "image" in values:
+        values["image"] = _image_path(str(values["image"]), where, folder)
     sample = SamplePrompt(prompt=prompt, **values)
     _check(sample, where)
     return sample
+
+
+def _image_path(value: str, where: str, folder: Path | None) -> str:
+    if not value:
+        raise DatasetError(f"{where}: --i needs an image path (relative to the prompt file's folder)")
+    path = Path(value).expanduser()
+    if not path.is_absolute() and folder is not None:
+        path = folder / path
+    if not path.is_file():
+        raise DatasetError(
+            f"{where}: --i {value}: image not found at {path}; fix the path (relative to the prompt file)"
+        )
+    return str(path)
 
 
 def _check(sample: SamplePrompt, where: str) -> None:
@@ -108,8 +153,11 @@ def _check(sample: SamplePrompt, where: str) -> None:
     if sample.num_frames < 1 or (sample.num_frames - 1) % 8:
         nearest = max(1, round((sample.num_frames - 1) / 8) * 8 + 1)
         raise DatasetError(f"{where}: --f {sample.num_frames} must be 8k+1 (1, 9, 17, ...); e.g. {nearest}")
-    if sample.frame_rate <= 0 or sample.steps < 1 or sample.guidance_scale < 0:
-        raise DatasetError(f"{where}: --fs and --s must be positive and --g not negative")
+    if sample.frame_rate <= 0 or (sample.steps is not None and sample.steps < 1):
+        raise DatasetError(f"{where}: --fs and --s must be positive")
+    for name, scale in (("g", sample.guidance_scale), ("ga", sample.audio_guidance_scale)):
+        if scale is not None and not scale >= 0:  # `not >=` also refuses nan
+            raise DatasetError(f"{where}: --{name} {scale} must not be negative")
 
 
 def read_sample_prompts(path: str | Path) -> list[SamplePrompt]:
@@ -120,7 +168,7 @@ def read_sample_prompts(path: str | Path) -> list[SamplePrompt]:
     prompts = []
     for number, line in enumerate(read_text_file(path).splitlines(), start=1):
         if line.strip() and not line.lstrip().startswith("#"):
-            prompts.append(parse_prompt_line(line, f"{path}:{number}"))
+            prompts.append(parse_prompt_line(line, f"{path}:{number}", path.parent))
     if not prompts:
         raise DatasetError(f"{path}: no prompts (one per line; '#' starts a comment)")
     return prompts
@@ -219,6 +267,33 @@ def _embeds(sample: SamplePrompt, index: int, tensors: dict[str, torch.Tensor]) 
     )
 
 
+def encode_sample_prompts(
+    prompts: list[SamplePrompt], encode, batch_size: int = 1
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    """Each distinct prompt and negative prompt encoded once with `encode` (a `text_cacher.PromptEncoder`):
+    text -> (video [T, Dv], audio [T, Da] or None, mask [T])."""
+    texts = list(dict.fromkeys(text for p in prompts for text in (p.prompt, p.negative_prompt)))
+    embeddings = {}
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start : start + batch_size]
+        video, audio, mask = encode(batch)
+        for index, text in enumerate(batch):
+            embeddings[text] = (video[index], None if audio is None else audio[index], mask[index])
+    return embeddings
+
+
+def sample_prompt_embeds(
+    prompts: list[SamplePrompt], embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+) -> list[SamplePromptEmbeds]:
+    """What `load_sample_prompt_cache` returns, from freshly encoded `embeddings` (see `encode_sample_prompts`)."""
+    result = []
+    for sample in prompts:
+        video, audio, mask = embeddings[sample.prompt]
+        negative_video, negative_audio, negative_mask = embeddings[sample.negative_prompt]
+        result.append(SamplePromptEmbeds(sample, video, audio, mask, negative_video, negative_audio, negative_mask))
+    return result
+
+
 def cache_sample_prompts(
     path: Path,
     prompts: list[SamplePrompt],
@@ -228,11 +303,4 @@ def cache_sample_prompts(
 ) -> None:
     """Encode each distinct prompt and negative prompt once with `encode` (a `text_cacher.PromptEncoder`) and write
     the cache."""
-    texts = list(dict.fromkeys(text for p in prompts for text in (p.prompt, p.negative_prompt)))
-    embeddings = {}
-    for start in range(0, len(texts), batch_size):
-        batch = texts[start : start + batch_size]
-        video, audio, mask = encode(batch)
-        for index, text in enumerate(batch):
-            embeddings[text] = (video[index], None if audio is None else audio[index], mask[index])
-    write_sample_prompt_cache(path, prompts, embeddings, fingerprint)
+    write_sample_prompt_cache(path, prompts, encode_sample_prompts(prompts, encode, batch_size), fingerprint)

@@ -1,8 +1,8 @@
 """The demo: the main job on the embedded default, no downloads, a few minutes on 2 CPU cores.
 
 It writes a tiny random LTX-2.3 checkpoint in the official format and a tiny Gemma 3, a small synthetic dataset
-(moving shapes with a matching tone track, captions), caches latents (audio-video) and text, trains an AV LoRA and
-writes it in the official format. Each step runs the same command, with the same flags, that a user runs on real
+(moving shapes with a matching tone track, captions) and a preview prompt, caches latents (audio-video) and text (the
+preview prompt too), trains an AV LoRA, writes it in the official format and, at the last step, an AV preview mp4. Each step runs the same command, with the same flags, that a user runs on real
 models and data; the commands are printed as they go (run from the repository root, they work as printed).
 """
 
@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 from ltx2_tuner.cli._common import run
+
+# One short AV preview: small, few steps, so it adds seconds (a real prompt file leaves size and steps at defaults).
+DEMO_PROMPT = "a bright square glides from left to right while a tone rises in pitch --w 96 --h 64 --f 17 --s 4 --d 7"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,17 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     _step("python -m ltx2_tuner.cli.inspect_checkpoint", [str(checkpoint)], inspect_checkpoint.main)
     print(f"\n# synthetic dataset: clips with a moving square and a matching tone, captions -> {out / 'data'}")
     config = write_demo_dataset(out / "data")
+    prompts = out / "data" / "sample_prompts.txt"
+    prompts.write_text(f"# the demo's preview\n{DEMO_PROMPT}\n", encoding="utf-8")
     common = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--ltx_mode", "av"]
     cpu = ["--device", "cpu"]
     _step("python ltx2_cache_latents.py", [*common, *cpu, "--skip_existing"],
           cache_latents.main)  # fmt: skip
     _step("python ltx2_cache_text_encoder_outputs.py",
-          [*common, "--gemma_root", str(gemma), "--mixed_precision", "no", *cpu, "--skip_existing"],
+          [*common, "--gemma_root", str(gemma), "--mixed_precision", "no", *cpu, "--skip_existing",
+           "--sample_prompts", str(prompts)],
           cache_text_encoder_outputs.main)  # fmt: skip
     train_flags = [*common, "--mixed_precision", "no", "--network_dim", "8", "--network_alpha", "8",
                    "--learning_rate", "2e-3", "--max_train_steps", str(args.steps), "--save_every_n_steps",
                    str(max(1, args.steps // 2)), "--output_dir", str(lora_dir), "--output_name", "demo_av_lora",
-                   "--max_data_loader_n_workers", "0", "--log_with", "tensorboard"]  # fmt: skip
+                   "--max_data_loader_n_workers", "0", "--log_with", "tensorboard",
+                   "--sample_prompts", str(prompts), "--sample_every_n_steps", str(args.steps)]  # fmt: skip
     _step("python ltx2_train_network.py", train_flags, train_network.main)
 
     records = [json.loads(line) for line in (lora_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(video {mean(first, 'loss_video'):.3f} -> {mean(last, 'loss_video'):.3f}, "
         f"audio {mean(first, 'loss_audio'):.3f} -> {mean(last, 'loss_audio'):.3f})"
     )
+    print(f"demo: AV preview at step {args.steps}: {lora_dir / 'sample' / f'demo_av_lora_step{args.steps:06d}_00.mp4'}")
     return 0
 
 

@@ -15,8 +15,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from ltx2_tuner.cache.sample_prompts import read_sample_prompts
 from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
-from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.errors import ConfigError, DatasetError
 from ltx2_tuner.flags import (
     DATASET_CONFIG,
     LTX2_CHECKPOINT,
@@ -48,7 +49,12 @@ def _flags() -> dict[str, list[Flag]]:
             with_help(DATASET_CONFIG, "; its caches must exist (required)"),
             with_help(LTX2_CHECKPOINT, " (required)"),
             with_help(LTX_MODE, "; video builds no audio stream, av trains an audio-video LoRA"),
-            Flag("gemma_root", Path, None, "Gemma 3 directory; only needed for --sample_prompts previews"),
+            Flag(
+                "gemma_root",
+                Path,
+                None,
+                "Gemma 3 directory; only for --sample_prompts previews whose prompt cache is missing or stale",
+            ),
             Flag(
                 "dit",
                 Path,
@@ -160,6 +166,28 @@ def _flags() -> dict[str, list[Flag]]:
             ),
             Flag("video_loss_weight", float, 1.0, "weight of the video loss", bound=NON_NEGATIVE),
             Flag("audio_loss_weight", float, 1.0, "weight of the audio loss (AV)", bound=NON_NEGATIVE),
+        ],
+        "previews": [
+            Flag(
+                "sample_prompts",
+                Path,
+                None,
+                "prompt file of the previews (one prompt per line, see docs/training.md); its text embeddings come "
+                "from {stem}_ltx2_sample_te.safetensors beside it, or are encoded at setup with --gemma_root",
+            ),
+            Flag("sample_every_n_steps", int, None, "write previews every N optimizer steps", bound=AT_LEAST_ONE),
+            Flag(
+                "sample_every_n_epochs", int, None, "write previews at the end of every N-th epoch", bound=AT_LEAST_ONE
+            ),
+            Flag("sample_at_first", bool, False, "also write previews before the first step", action="store_true"),
+            Flag(
+                "sample_steps",
+                int,
+                None,
+                "denoising steps of every preview (default: each prompt's --s, else the model's: 40 on LTX-2.0, "
+                "30 on LTX-2.3)",
+                bound=AT_LEAST_ONE,
+            ),
         ],
         "saving and logging": [
             Flag("output_dir", Path, Path("output"), "where LoRA files, states and logs go"),
@@ -273,7 +301,7 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--resume_extend: only means something with --resume STATE_FOLDER; add it or drop the flag")
     if (problem := _network_module_problem(args)) is not None:
         problems.append(problem)
-    return problems + _optimizer_problems(args)
+    return problems + _optimizer_problems(args) + _preview_problems(args)
 
 
 def _network_module_problem(args) -> str | None:
@@ -294,6 +322,26 @@ def _network_module_problem(args) -> str | None:
     if missing:
         return f"--network_module {name}: not a network module (lacks {', '.join(missing)})"
     return None
+
+
+def _preview_problems(args) -> list[str]:
+    """The preview flags belong together, and the prompt file parses (read now: a bad line stops the run here, not
+    at the first preview hours later)."""
+    schedule = ("sample_every_n_steps", "sample_every_n_epochs", "sample_at_first")
+    given = [f"--{name}" for name in (*schedule, "sample_steps") if getattr(args, name)]
+    if args.sample_prompts is None:
+        return [f"{', '.join(given)}: previews need --sample_prompts FILE; add it or drop the flag"] if given else []
+    problems = []
+    if not any(getattr(args, name) for name in schedule):
+        problems.append(
+            "--sample_prompts: no preview is scheduled; add --sample_every_n_steps N, --sample_every_n_epochs N "
+            "or --sample_at_first"
+        )
+    try:
+        read_sample_prompts(args.sample_prompts)
+    except DatasetError as error:
+        problems.append(f"--sample_prompts: {error}")
+    return problems
 
 
 def _optimizer_problems(args) -> list[str]:

@@ -1,10 +1,14 @@
-"""Training metrics: one record per optimizer step to a JSONL file, and to TensorBoard or Weights & Biases."""
+"""Training metrics: one record per optimizer step to a JSONL file, and to TensorBoard or Weights & Biases; previews
+(video, image, audio) to TensorBoard or Weights & Biases."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+
+import torch
 
 from ltx2_tuner.errors import ConfigError
 
@@ -66,6 +70,36 @@ class MetricLogger:
                 self._tensorboard.add_scalar(f"train/{key}", value, step)
         if self._wandb is not None:
             self._wandb.log({f"train/{key}": value for key, value in metrics.items()}, step=step)
+
+    def log_media(
+        self,
+        tag: str,
+        path: Path,
+        frames: torch.Tensor,
+        fps: float,
+        step: int,
+        audio: torch.Tensor | None = None,
+        audio_rate: int | None = None,
+    ) -> None:
+        """One preview: `path` (the written file), frames uint8 [F, H, W, 3], audio float [C, S] in [-1, 1].
+
+        TensorBoard shows a clip with `add_video`, which needs moviepy; without it, the middle frame as an image. Its
+        audio panel is mono, so the channels are averaged there. Weights & Biases gets the written file.
+        """
+        if self._tensorboard is not None:
+            board = self._tensorboard
+            if frames.shape[0] > 1 and importlib.util.find_spec("moviepy") is not None:
+                board.add_video(tag, frames.permute(0, 3, 1, 2)[None], step, fps=max(1, round(fps)))
+            else:
+                board.add_image(tag, frames[frames.shape[0] // 2], step, dataformats="HWC")
+            if audio is not None:
+                board.add_audio(f"{tag}_audio", audio.float().mean(0).clamp(-1, 1), step, sample_rate=audio_rate)
+            board.flush()
+        if self._wandb is not None:
+            import wandb
+
+            media = wandb.Image(str(path)) if frames.shape[0] == 1 else wandb.Video(str(path), format="mp4")
+            self._wandb.log({tag: media}, step=step)
 
     def close(self) -> None:
         self._jsonl.close()

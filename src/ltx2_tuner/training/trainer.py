@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -31,6 +32,9 @@ from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
 from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
+
+if TYPE_CHECKING:
+    from ltx2_tuner.training.previews import PreviewRunner
 
 
 class TrainingError(Ltx2TunerError):
@@ -71,6 +75,7 @@ class Run:
     logger: MetricLogger | None
     fingerprint: dict
     weight_dtype: torch.dtype
+    previews: PreviewRunner | None  # with --sample_prompts
 
 
 def check_precision(info, mixed_precision: str) -> None:
@@ -106,6 +111,13 @@ def setup(args) -> Run:
             print(f"warning: --{ignored} is ignored; every model part comes from --ltx2_checkpoint")
 
     weight_dtype = COMPUTE_DTYPES[args.mixed_precision]
+    # Previews encode their prompts (with Gemma, when their cache is stale) and I2V images now, before the transformer
+    # takes the memory; their decoders wait on the CPU.
+    previews = None
+    if args.sample_prompts:
+        from ltx2_tuner.training.previews import PreviewRunner  # imports the sampler and decoders: only when needed
+
+        previews = PreviewRunner.prepare(args, info, accelerator, weight_dtype)
     model = load_transformer(
         info, args.ltx_mode, dtype=weight_dtype, device=accelerator.device,
         attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
@@ -146,7 +158,7 @@ def setup(args) -> Run:
         args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight,
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
-               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype)  # fmt: skip
+               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews)  # fmt: skip
 
 
 def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
@@ -171,6 +183,8 @@ def train(args) -> Path:
     progress = tqdm(total=run.total_steps, initial=state.step, unit="step", desc="training",
                     disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
     try:
+        if args.sample_at_first:
+            run.previews.run(run.model, state.step, run.logger)
         while state.step < run.total_steps:
             run.batches.set_epoch(state.epoch)
             share = _RankShare(run.batches, accelerator.process_index, accelerator.num_processes, state.batches_done)
@@ -191,9 +205,11 @@ def train(args) -> Path:
                     learning_rate = _optimizer_step(run)
                     state.step += 1
                     _log(run, window, learning_rate, progress)
-                    window = _new_window()
                     if args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
                         last_saved = save_checkpoint(run, step=state.step)
+                    if args.sample_every_n_steps and state.step % args.sample_every_n_steps == 0:
+                        run.previews.run(run.model, state.step, run.logger)
+                    window = _new_window()  # after saving and previews: the next step's time excludes them
                     if state.step >= run.total_steps:
                         break
                 waited = time.perf_counter()
@@ -202,6 +218,8 @@ def train(args) -> Path:
                 state.batches_done = 0
                 if args.save_every_n_epochs and state.epoch % args.save_every_n_epochs == 0:
                     last_saved = save_checkpoint(run, step=state.step)
+                if args.sample_every_n_epochs and state.epoch % args.sample_every_n_epochs == 0:
+                    run.previews.run(run.model, state.step, run.logger)
     except KeyboardInterrupt:
         path = save_checkpoint(run, step=state.step, name_suffix="-interrupted")
         accelerator.print(f"\ninterrupted at step {state.step}; saved {path}")

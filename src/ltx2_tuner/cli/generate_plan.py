@@ -1,0 +1,313 @@
+"""The flags of `ltx2_generate_video.py` -> a checked plan (what to generate, with which LoRAs), before any weights
+load. Every problem found is reported at once, one line each; the generate command then only runs models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ltx2_tuner.errors import CacheError, ConfigError, Ltx2TunerError
+
+DEFAULTS = {"width": 768, "height": 512, "frames": 121, "fps": 24.0, "seed": 42}
+
+
+@dataclass(frozen=True)
+class LoraWeight:
+    path: Path
+    strength: float
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output: its sampling settings and texts (or cached embeddings), and where it goes."""
+
+    prompt: str
+    negative_prompt: str | None  # None: the embeddings come from the cache
+    cached: object | None  # cache.sample_prompts.SamplePromptEmbeds
+    width: int
+    height: int
+    frames: int
+    fps: float
+    seed: int
+    steps: int | None
+    cfg: float | None
+    audio_cfg: float | None
+    image: Path | None
+    output: Path
+
+    def has_audio(self, mode: str) -> bool:
+        """Audio is generated in AV mode, except for a still image (a png has no sound)."""
+        return mode == "av" and self.frames > 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    info: object  # models.CheckpointInfo
+    jobs: list[Job]
+    loras: list[LoraWeight]
+    gemma: object | None  # models.text_encoder.GemmaInfo; None: the prompts come from --prompt_cache
+
+
+def plan(args) -> Plan:
+    """Check every flag, file and their fit to the checkpoint; ConfigError listing every problem, one line each."""
+    from ltx2_tuner.models import read_checkpoint_info
+
+    problems: list[str] = []
+
+    def check(step):  # run a check; a user-facing error becomes one problem line
+        try:
+            return step()
+        except Ltx2TunerError as error:
+            problems.append(str(error))
+            return None
+
+    info = check(lambda: read_checkpoint_info(args.ltx2_checkpoint))
+    source_problems = _prompt_source_problems(args)
+    problems += source_problems
+    cached = check(lambda: _read_prompt_cache(args, info)) if args.prompt_cache and not source_problems else None
+    jobs = _jobs(args, cached)
+    for job in jobs:
+        problems += _job_problems(job, args.ltx_mode)
+    problems += _guidance_problems(args, info)
+    loras = [lora for text in args.lora_weight if (lora := _lora_weight(text, problems)) is not None]
+    gemma = None
+    if info is not None:
+        for component in ("video_vae", *(("audio_vae", "vocoder") if with_audio(args.ltx_mode, jobs) else ())):
+            check(lambda component=component: info.require(component))
+        if args.gemma_root and not args.prompt_cache:
+            gemma = check(
+                lambda: _check_gemma(args.gemma_root, info, "av" if with_audio(args.ltx_mode, jobs) else "video")
+            )
+        if loras:
+            check(lambda: _check_loras_fit(info, args.ltx_mode, loras))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems with the flags:\n" + "\n".join(f"  {p}" for p in problems))
+    return Plan(info, jobs, loras, gemma)
+
+
+def guidance(job: Job, args, version: str):
+    """(steps, video GuidanceParams, audio GuidanceParams): the flags, else the job's prompt line, else the official
+    defaults of the checkpoint's version."""
+    from ltx2_tuner.sampling import sampling_defaults
+
+    defaults = sampling_defaults(version)
+    shared = _given(rescale=args.rescale_scale, modality=args.modality_scale)
+    if args.stg_blocks is not None:
+        shared["stg_blocks"] = tuple(args.stg_blocks)
+    video = dataclasses.replace(defaults.video, **shared, **_given(cfg=job.cfg, stg=args.stg_scale))
+    audio = dataclasses.replace(defaults.audio, **shared, **_given(cfg=job.audio_cfg, stg=args.audio_stg_scale))
+    return job.steps or defaults.steps, video, audio
+
+
+def _given(**values) -> dict:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _prompt_source_problems(args) -> list[str]:
+    if args.prompt_cache:
+        given = [flag for flag in ("prompt", "negative_prompt", "gemma_root") if getattr(args, flag) is not None]
+        return [
+            f"--{flag}: the prompts come from --prompt_cache {args.prompt_cache}; drop --{flag} or --prompt_cache"
+            for flag in given
+        ]
+    problems = []
+    if args.prompt_index is not None:
+        problems.append("--prompt_index: picks a prompt of --prompt_cache; add --prompt_cache or drop it")
+    if not args.prompt:
+        problems.append('--prompt: required (e.g. --prompt "a red fox runs through snow"), or pass --prompt_cache')
+    if args.gemma_root is None:
+        problems.append(
+            "--gemma_root: needed to encode --prompt; pass the Gemma 3 directory (gemma-3-12b-it), or a "
+            "--prompt_cache written by ltx2_cache_text_encoder_outputs.py --sample_prompts"
+        )
+    return problems
+
+
+def _jobs(args, cached: list | None) -> list[Job]:
+    """One job for --prompt, or one per cached prompt (--prompt_index: that one); flags win over a prompt's options."""
+    from ltx2_tuner.sampling import OFFICIAL_NEGATIVE_PROMPT
+
+    def pick(flag, own):
+        return flag if flag is not None else own
+
+    if cached is None:
+        entries = [] if args.prompt_cache else [(None, None)]  # sizes are checked even when --prompt is missing
+    else:
+        entries = list(enumerate(cached))
+        if args.prompt_index is not None:
+            entries = entries[args.prompt_index : args.prompt_index + 1] if args.prompt_index >= 0 else []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    jobs = []
+    for index, embeds in entries:
+        own = embeds.sample if embeds is not None else None
+        frames = pick(args.frames, own.num_frames if own else DEFAULTS["frames"])
+        output = args.output or Path("outputs") / f"ltx2_{stamp}.mp4"
+        if index is not None and args.prompt_index is None and len(entries) > 1:
+            output = output.with_name(f"{output.stem}_{index:02d}{output.suffix}")
+        jobs.append(
+            Job(
+                prompt=own.prompt if own else args.prompt or "",
+                negative_prompt=None if own else pick(args.negative_prompt, OFFICIAL_NEGATIVE_PROMPT),
+                cached=embeds,
+                width=pick(args.width, own.width if own else DEFAULTS["width"]),
+                height=pick(args.height, own.height if own else DEFAULTS["height"]),
+                frames=frames,
+                fps=pick(args.fps, own.frame_rate if own else DEFAULTS["fps"]),
+                seed=pick(args.seed, own.seed if own else DEFAULTS["seed"]),
+                steps=pick(args.steps, own.steps if own else None),
+                cfg=pick(args.cfg_scale, own.guidance_scale if own else None),
+                audio_cfg=pick(args.audio_cfg_scale, own.audio_guidance_scale if own else None),
+                image=pick(args.image, Path(own.image) if own and own.image else None),
+                output=output.with_suffix(".png") if frames == 1 and not args.output else output,
+            )
+        )
+    return jobs
+
+
+def _job_problems(job: Job, mode: str) -> list[str]:
+    from ltx2_tuner.data.images import image_size
+    from ltx2_tuner.models import audio_latent_count
+
+    problems = []
+    for flag, value in (("width", job.width), ("height", job.height)):
+        if value < 32 or value % 32:
+            problems.append(
+                f"--{flag} {value}: must be a positive multiple of 32 (the VAE's factor), e.g. {max(32, round(value / 32) * 32)}"
+            )
+    if job.frames < 1 or (job.frames - 1) % 8:
+        nearest = max(1, round((job.frames - 1) / 8) * 8 + 1)
+        problems.append(f"--frames {job.frames}: must be 8k+1 (1, 9, 17, ..., 121); e.g. {nearest}")
+    elif not job.fps > 0:
+        problems.append(f"--fps {job.fps}: must be positive")
+    elif mode == "av" and job.frames > 1 and audio_latent_count(job.frames, job.fps) < 1:
+        problems.append(
+            f"--frames {job.frames} at --fps {job.fps}: too short for audio; more frames or --ltx_mode video"
+        )
+    if job.steps is not None and job.steps < 1:
+        problems.append(f"--steps {job.steps}: must be at least 1")
+    if job.image is not None:
+        if not job.image.is_file():
+            problems.append(f"--image {job.image}: file not found; pass the first-frame image")
+        else:
+            try:
+                image_size(job.image)
+            except Ltx2TunerError as error:
+                problems.append(f"--image {error}")
+    if job.frames > 1 and job.output.suffix.lower() != ".mp4":
+        problems.append(f"--output {job.output}: {job.frames} frames are written as an mp4; name the file .mp4")
+    return problems
+
+
+def _guidance_problems(args, info) -> list[str]:
+    problems = []
+    for flag in ("cfg_scale", "audio_cfg_scale", "stg_scale", "audio_stg_scale", "modality_scale"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            problems.append(f"--{flag} {value}: must be a number >= 0")
+    if args.rescale_scale is not None and not 0 <= args.rescale_scale <= 1:
+        problems.append(f"--rescale_scale {args.rescale_scale}: must be in [0, 1]")
+    layers = info.configs["transformer"].get("num_layers") if info is not None else None
+    for block in args.stg_blocks or ():
+        if block < 0 or (layers is not None and block >= layers):
+            problems.append(f"--stg_blocks {block}: the transformer has blocks 0..{(layers or 1) - 1}")
+    if args.prompt_index is not None and args.prompt_index < 0:
+        problems.append(f"--prompt_index {args.prompt_index}: must be >= 0")
+    return problems
+
+
+def _lora_weight(text: str, problems: list[str]) -> LoraWeight | None:
+    """PATH or PATH:STRENGTH (the last colon splits, so Windows drive letters stay in the path)."""
+    head, sep, tail = text.rpartition(":")
+    path, strength = Path(text), 1.0
+    if sep:
+        try:
+            path, strength = Path(head), float(tail)
+        except ValueError:
+            if Path(head).is_file():
+                problems.append(f"--lora_weight {text}: strength {tail!r} is not a number; e.g. {head}:0.8")
+                return None
+    if not math.isfinite(strength):
+        problems.append(f"--lora_weight {text}: strength must be a finite number, e.g. {path}:0.8")
+    elif not path.is_file():
+        problems.append(f"--lora_weight {path}: file not found; pass an existing LoRA .safetensors file")
+    else:
+        return LoraWeight(path, strength)
+    return None
+
+
+def with_audio(mode: str, jobs: list[Job]) -> bool:
+    """Whether any output has sound (the audio VAE, vocoder and audio embeddings are needed)."""
+    return any(job.has_audio(mode) for job in jobs)
+
+
+def _check_gemma(gemma_root: Path, info, mode: str):
+    from ltx2_tuner.models.text_embeddings import connector_input, require_connector_weights
+    from ltx2_tuner.models.text_encoder import check_gemma_fits, inspect_gemma
+
+    require_connector_weights(info, mode)
+    gemma = inspect_gemma(gemma_root)
+    check_gemma_fits(gemma, *connector_input(info), info.path)
+    return gemma
+
+
+def _check_loras_fit(info, mode: str, loras: list[LoraWeight]) -> None:
+    """Each LoRA against the transformer's layer shapes on the meta device: nothing is read but the LoRA files."""
+    from ltx2_tuner.models.loading import build_module
+    from ltx2_tuner.models.transformer import prune
+    from ltx2_tuner.networks.lora_merge import merge_lora
+
+    backbone = prune(build_module(info, "transformer"), mode)
+    with warnings.catch_warnings():  # the real merge warns about skipped layers
+        warnings.simplefilter("ignore")
+        for lora in loras:
+            merge_lora(backbone, lora.path, 0.0)  # strength 0: checks only
+
+
+def _read_prompt_cache(args, info) -> list:
+    """The cache's prompts with their embeddings; CacheError when it cannot serve this mode or model version."""
+    from safetensors import safe_open
+
+    from ltx2_tuner.cache import sample_prompts as samples
+    from ltx2_tuner.cache.store import read_fingerprint
+
+    path = args.prompt_cache
+    rerun = "write it with ltx2_cache_text_encoder_outputs.py --sample_prompts PROMPTS.txt"
+    fingerprint = read_fingerprint(path) if path.is_file() else None
+    if fingerprint is None:
+        raise CacheError(f"--prompt_cache {path}: not a sample-prompt cache (missing or damaged); {rerun}")
+    version = (fingerprint.get("connectors") or {}).get("version")
+    if info is not None and version != info.version:
+        raise CacheError(
+            f"--prompt_cache {path}: encoded for LTX-{version}, the checkpoint is LTX-{info.version}; {rerun}"
+        )
+    with safe_open(str(path), framework="pt") as f:
+        metadata, tensors = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+    try:
+        prompts = [samples.SamplePrompt(**fields) for fields in json.loads(metadata["prompts"])]
+    except (KeyError, TypeError, ValueError):  # no or unreadable prompt list: another or an older format
+        raise CacheError(f"--prompt_cache {path}: holds no readable prompt list; {rerun}") from None
+    if args.prompt_index is not None and args.prompt_index >= len(prompts):
+        raise ConfigError(
+            f"--prompt_index {args.prompt_index}: {path} holds {len(prompts)} prompt(s), 0..{len(prompts) - 1}"
+        )
+    if args.ltx_mode == "av" and fingerprint.get("mode") != "av":
+        raise CacheError(
+            f"--prompt_cache {path}: has no audio embeddings (video mode); --ltx_mode video, or {rerun} --ltx_mode av"
+        )
+    embeddings = {}
+    for index, sample in enumerate(prompts):
+        for prefix, text in (("", sample.prompt), ("negative_", sample.negative_prompt)):
+            audio = tensors.get(f"{prefix}audio_prompt_embeds_{index}")
+            embeddings[text] = (
+                tensors[f"{prefix}video_prompt_embeds_{index}"],
+                audio,
+                tensors[f"{prefix}prompt_attention_mask_{index}"],
+            )
+    return samples.sample_prompt_embeds(prompts, embeddings)

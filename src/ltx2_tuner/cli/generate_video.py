@@ -1,0 +1,239 @@
+"""Generate a video (with audio), an image, or an image-to-video clip, with LoRAs: `ltx2_generate_video.py`.
+
+    python ltx2_generate_video.py --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
+        --prompt "a red fox runs through snow" [--lora_weight my_lora.safetensors:0.8] [--image first.png]
+
+Every flag is checked, and every problem reported, before any weights load. Then, one model at a time on the device:
+Gemma + text connectors encode the prompt and the negative prompt (or a sample-prompt cache replaces them), the
+video VAE encoder encodes the --image, the transformer (LoRAs merged) samples, the decoders decode. Each is freed
+before the next loads, so the peak is the transformer alone. docs/generation.md has the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from ltx2_tuner.cli._common import resolve_device, run
+from ltx2_tuner.cli.generate_plan import DEFAULTS, Job, LoraWeight, Plan, guidance, plan, with_audio
+from ltx2_tuner.dtypes import COMPUTE_DTYPES
+from ltx2_tuner.flags import LTX2_CHECKPOINT, LTX_MODE, add_flag, with_help
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ltx2_generate_video.py", description=__doc__.split("\n")[0])
+    add_flag(parser, LTX2_CHECKPOINT, required=True)
+    text = parser.add_argument_group("prompt")
+    text.add_argument("--prompt", help="what to generate (needs --gemma_root)")
+    text.add_argument("--negative_prompt", help="what to steer away from (default: the official negative prompt)")
+    text.add_argument("--gemma_root", type=Path, help="local Gemma 3 directory (gemma-3-12b-it) to encode the prompts")
+    text.add_argument(
+        "--prompt_cache",
+        type=Path,
+        help="sample-prompt cache (ltx2_cache_text_encoder_outputs.py --sample_prompts) instead of Gemma: its "
+        "prompts, each with its own options unless a flag below is given",
+    )
+    text.add_argument("--prompt_index", type=int, help="generate only this prompt of --prompt_cache (0-based)")
+    size = parser.add_argument_group("output")
+    for name, kind, what in (
+        ("width", int, "width in pixels, a multiple of 32"),
+        ("height", int, "height in pixels, a multiple of 32"),
+        ("frames", int, "frames, 8k+1; 1 writes a png"),
+        ("fps", float, "frame rate"),
+        ("seed", int, "noise seed"),
+    ):
+        size.add_argument(f"--{name}", type=kind, help=f"{what} (default: {DEFAULTS[name]})")
+    size.add_argument("--image", type=Path, help="first frame (image-to-video), cover-resized and centre-cropped")
+    size.add_argument("--output", type=Path, help="mp4 (or png) to write (default: outputs/ltx2_<time>.mp4)")
+    size.add_argument("--vae_tiling", action="store_true", help="decode in overlapping tiles (less memory)")
+    sampling = parser.add_argument_group("sampling (defaults: the official ones of the checkpoint's version)")
+    sampling.add_argument("--steps", type=int, help="denoising steps (default: 40 on LTX-2.0, 30 on LTX-2.3)")
+    for name, what in (
+        ("cfg_scale", "video classifier-free guidance (default 3; 1 = off)"),
+        ("audio_cfg_scale", "audio classifier-free guidance (default 7; 1 = off)"),
+        ("stg_scale", "video spatio-temporal guidance (default 1; 0 = off)"),
+        ("audio_stg_scale", "audio spatio-temporal guidance (default 1; 0 = off)"),
+        ("rescale_scale", "guidance rescale, 0..1 (default 0.7; 0 = off)"),
+        ("modality_scale", "audio <-> video guidance (default 3; 1 = off)"),
+    ):
+        sampling.add_argument(f"--{name}", type=float, help=what)
+    sampling.add_argument(
+        "--stg_blocks", type=int, nargs="+", help="blocks whose self-attention STG skips (default: 29 / 28)"
+    )
+    model = parser.add_argument_group("model")
+    add_flag(model, dataclasses.replace(with_help(LTX_MODE, " (video = T2V with a video-only build)"), default="av"))
+    model.add_argument(
+        "--lora_weight",
+        action="append",
+        default=[],
+        metavar="PATH[:STRENGTH]",
+        help="LoRA to merge (official/ComfyUI or musubi format), strength default 1.0; repeatable",
+    )
+    model.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    model.add_argument(
+        "--mixed_precision",
+        choices=tuple(COMPUTE_DTYPES),
+        help="compute dtype (default: bf16 on CUDA, no = float32 on a CPU, where bf16 kernels are ~100x slower)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    precision = args.mixed_precision or ("bf16" if device.type == "cuda" else "no")
+    dtype = COMPUTE_DTYPES[precision]
+
+    checked = plan(args)  # every problem, before any weights load
+    info, jobs = checked.info, checked.jobs
+    print(f"{info.path.name}: LTX-{info.version}, --ltx_mode {args.ltx_mode}, {precision} on {device}", flush=True)
+    contexts = _contexts(checked, args.ltx_mode, dtype, precision, device)
+    first_frames = _first_frames(jobs, info, device)
+    requests = [_request(job, contexts[i], first_frames[i], args, info.version, dtype) for i, job in enumerate(jobs)]
+
+    from ltx2_tuner.models import load_transformer
+    from ltx2_tuner.sampling import sample
+
+    print(f"loading the transformer ({args.ltx_mode} build)", flush=True)
+    model = load_transformer(info, mode=args.ltx_mode, dtype=dtype, device=device)
+    _merge_loras(model, checked.loras)
+    results = []
+    for job, request in zip(jobs, requests, strict=True):
+        print(f"sampling {job.width}x{job.height}x{job.frames}, {request.steps} steps: {job.prompt[:60]!r}", flush=True)
+        results.append(sample(model, request, device=device, dtype=dtype, progress=True))
+    del model  # the decoders get the device to themselves
+    _release_memory()
+    _decode_and_write(jobs, results, info, device, dtype, args.vae_tiling)
+    return 0
+
+
+# ---------------------------------------------------------------- the models, one at a time
+def _contexts(checked: Plan, mode: str, dtype, precision: str, device) -> list[dict]:
+    """Per job {"video", "video_negative", "audio", "audio_negative"}: [1, T, D] on the CPU, audio None without
+    sound. Gemma and the connectors are freed before this returns."""
+    jobs, gemma = checked.jobs, checked.gemma
+    if gemma is None:
+        return [_cached_contexts(job, mode) for job in jobs]
+    from ltx2_tuner.cache.text_cacher import check_finite
+    from ltx2_tuner.models.text_embeddings import encode_prompts, load_text_embedder
+    from ltx2_tuner.models.text_encoder import load_gemma
+
+    print(f"encoding the prompts with {gemma.root}", flush=True)
+    embedder = load_text_embedder(checked.info, "av" if with_audio(mode, jobs) else "video", dtype, device)
+    # Gemma in its own bf16 (as the text cacher runs it), float32 with --mixed_precision no (CPU speed).
+    encoder = load_gemma(gemma, torch.float32 if precision == "no" else torch.bfloat16, device)
+    try:
+        contexts = []
+        for job in jobs:
+            found = {}
+            for key, text in (("", job.prompt), ("_negative", job.negative_prompt)):
+                video, audio, _ = encode_prompts(encoder, embedder, [text])  # one at a time, as the caches
+                check_finite(video, audio, dtype)
+                found["video" + key], found["audio" + key] = video, audio if job.has_audio(mode) else None
+            contexts.append(found)
+    finally:
+        encoder.unload()
+        del embedder
+        _release_memory()
+    return contexts
+
+
+def _cached_contexts(job: Job, mode: str) -> dict:
+    embeds, audio = job.cached, job.has_audio(mode)
+    return {
+        "video": embeds.video[None],
+        "video_negative": embeds.negative_video[None],
+        "audio": embeds.audio[None] if audio else None,
+        "audio_negative": embeds.negative_audio[None] if audio else None,
+    }
+
+
+def _first_frames(jobs: list[Job], info, device) -> list[torch.Tensor | None]:
+    """Each job's --image fitted to its size and encoded like a dataset image: [128, 1, H/32, W/32] or None."""
+    if not any(job.image for job in jobs):
+        return [None] * len(jobs)
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.data.images import load_image
+    from ltx2_tuner.data.transforms import frames_to_model_input
+
+    encoder = LatentEncoder(info, None, device, torch.float32, VaeTiling())  # one frame: float32 costs little
+    latents = []
+    for job in jobs:
+        pixels = load_image(job.image, size=(job.width, job.height))[None] if job.image else None
+        latents.append(None if pixels is None else encoder.encode_video(frames_to_model_input(pixels)[None])[0].cpu())
+    del encoder
+    _release_memory()
+    return latents
+
+
+def _request(job: Job, contexts: dict, first_frame, args, version: str, dtype):
+    from ltx2_tuner.sampling import SampleRequest
+
+    steps, video, audio = guidance(job, args, version)
+
+    def cast(tensor):
+        return None if tensor is None else tensor.to(dtype)
+
+    return SampleRequest(
+        width=job.width,
+        height=job.height,
+        num_frames=job.frames,
+        frame_rate=job.fps,
+        seed=job.seed,
+        steps=steps,
+        video_context=cast(contexts["video"]),
+        video_context_negative=cast(contexts["video_negative"]),
+        audio_context=cast(contexts["audio"]),
+        audio_context_negative=cast(contexts["audio_negative"]),
+        video_guidance=video,
+        audio_guidance=audio,
+        first_frame_latent=cast(first_frame),
+    )
+
+
+def _merge_loras(model, loras: list[LoraWeight]) -> None:
+    from ltx2_tuner.networks.lora_merge import merge_lora
+
+    for lora in loras:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layers = merge_lora(model.backbone, lora.path, lora.strength)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        print(f"LoRA {lora.path.name}: {layers} layers merged at strength {lora.strength}", flush=True)
+
+
+def _decode_and_write(jobs, results, info, device, dtype, tiled: bool) -> None:
+    from ltx2_tuner.sampling.decode import Decoders
+    from ltx2_tuner.sampling.media_writers import write_media
+
+    with_audio = any(result.audio_latents is not None for result in results)
+    # float32 on a CPU (bf16 convolutions crawl there); the compute dtype on a GPU, bf16 for fp16 (VAE overflow).
+    decode_dtype = torch.float32 if device.type == "cpu" or dtype == torch.float32 else torch.bfloat16
+    print("decoding", flush=True)
+    decoders = Decoders.load(info, with_audio=with_audio, dtype=decode_dtype)
+    with decoders.on(device):
+        for job, result in zip(jobs, results, strict=True):
+            frames = decoders.decode_video(result.video_latents, tiled=tiled, seed=job.seed)
+            audio, rate = (None, None)
+            if result.audio_latents is not None:
+                audio, rate = decoders.decode_audio(result.audio_latents)
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+            path = write_media(job.output, frames, job.fps, audio, rate)
+            print(f"wrote {path}", flush=True)
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,213 @@
+"""Previews during training (--sample_prompts): files, audio, schedule, setup, and no effect on the trained LoRA.
+
+Tiny LTX-2.3 checkpoint and tiny Gemma, fp32 on the CPU, 64x64 previews of 9 frames with 2 denoising steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ltx2_tuner.cache.sample_prompts import load_sample_prompt_cache, parse_prompt_line, sample_cache_path
+from ltx2_tuner.cli import cache_text_encoder_outputs
+from ltx2_tuner.cli._common import run
+from ltx2_tuner.cli.train_network import main
+from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.models import read_checkpoint_info
+from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
+from ltx2_tuner.training import trainer
+from ltx2_tuner.training.config import parse_args
+
+AV_PROMPTS = "# one AV preview\na red fox barks in the snow --w 64 --h 64 --f 9 --fps 24 --s 2 --d 3\n"
+# A still image (written as a png) and an image-to-video prompt.
+MIXED_PROMPTS = "a lighthouse --w 64 --h 32 --f 1 --s 2\na red fox runs --w 64 --h 64 --f 9 --s 2 --i first.png\n"
+
+
+def _train(data: dict, output: Path, *flags) -> int:
+    return run(main, ["--dataset_config", str(data["config"]), "--ltx2_checkpoint", str(data["checkpoint"]),
+                      "--mixed_precision", "no", "--network_dim", "4", "--network_alpha", "4", "--output_dir",
+                      str(output), "--max_data_loader_n_workers", "0", "--log_with", "none",
+                      "--save_precision", "fp32", *flags])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_checkpoints, tiny_gemma_dir) -> dict:
+    """Synthetic caches and two prompt files whose sample-prompt caches exist (made as a user makes them)."""
+    root = tmp_path_factory.mktemp("previews")
+    checkpoint = tiny_checkpoints["2.3"].path
+    config = write_synthetic_dataset(root / "data", stems=("a", "b"), frames=9)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(root / "first.png")
+    files = {"av": root / "av.txt", "mixed": root / "mixed.txt"}
+    files["av"].write_text(AV_PROMPTS, encoding="utf-8")
+    files["mixed"].write_text(MIXED_PROMPTS, encoding="utf-8")
+    for prompts in files.values():
+        argv = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--gemma_root",
+                str(tiny_gemma_dir), "--ltx_mode", "av", "--mixed_precision", "no", "--device", "cpu",
+                "--sample_prompts", str(prompts), "--skip_existing"]  # fmt: skip
+        assert run(cache_text_encoder_outputs.main, argv) == 0
+    return {"root": root, "config": config, "checkpoint": checkpoint, **files}
+
+
+def _probe(path: Path) -> dict:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        info = {"frames": len(frames), "fps": Fraction(video.average_rate), "size": frames[0].shape[1::-1]}
+        if container.streams.audio:
+            container.seek(0)
+            audio = container.streams.audio[0]
+            samples = sum(frame.samples for frame in container.decode(audio=0))
+            info.update(audio_rate=audio.rate, audio_channels=audio.channels, audio_s=samples / audio.rate)
+    return info
+
+
+def test_av_previews_at_first_and_every_n_steps(data, tmp_path):
+    from ltx2_tuner.sampling.decode import Decoders
+
+    out = tmp_path / "out"
+    assert _train(data, out, "--ltx_mode", "av", "--max_train_steps", "2", "--sample_prompts", str(data["av"]),
+                  "--sample_every_n_steps", "2", "--sample_at_first", "--log_with", "tensorboard") == 0  # fmt: skip
+    assert sorted(p.name for p in (out / "sample").iterdir()) == [
+        "ltx2_lora_step000000_00.mp4", "ltx2_lora_step000002_00.mp4"]  # fmt: skip
+    rate = Decoders.load(read_checkpoint_info(data["checkpoint"]), with_audio=True).audio_sample_rate
+    info = _probe(out / "sample" / "ltx2_lora_step000002_00.mp4")
+    assert info["frames"] == 9 and info["fps"] == 24 and info["size"] == (64, 64)
+    assert info["audio_rate"] == rate and info["audio_channels"] == 2
+    assert abs(info["audio_s"] - 9 / 24) <= 1 / 24, info  # the clip's duration, within one video frame
+
+    # TensorBoard has the preview (the middle frame without moviepy) and its audio, at their steps.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs"), size_guidance={"images": 0, "audio": 0}).Reload()
+    kind = "images" if "preview/00" in events.Tags()["images"] else "tensors"  # add_video is stored as an image too
+    assert [e.step for e in getattr(events, "Images" if kind == "images" else "Tensors")("preview/00")] == [0, 2]
+    assert [e.step for e in events.Audio("preview/00_audio")] == [0, 2]
+
+
+def test_video_mode_writes_video_only_a_png_for_one_frame_and_runs_i2v(data, tmp_path):
+    out = tmp_path / "out"
+    assert _train(data, out, "--ltx_mode", "video", "--max_train_steps", "1", "--sample_prompts",
+                  str(data["mixed"]), "--sample_every_n_steps", "1") == 0  # fmt: skip
+    still = out / "sample" / "ltx2_lora_step000001_00.png"
+    assert np.asarray(Image.open(still)).shape == (32, 64, 3)
+    info = _probe(out / "sample" / "ltx2_lora_step000001_01.mp4")
+    assert info["frames"] == 9 and info["size"] == (64, 64) and "audio_rate" not in info
+
+
+def test_the_i2v_request_carries_the_encoded_image(data):
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.data.images import load_image
+    from ltx2_tuner.data.transforms import frames_to_model_input
+    from ltx2_tuner.training.previews import PreviewRunner
+
+    args = parse_args(["--dataset_config", str(data["config"]), "--ltx2_checkpoint", str(data["checkpoint"]),
+                       "--sample_prompts", str(data["mixed"]), "--sample_at_first", "--sample_steps", "5"])  # fmt: skip
+    info = read_checkpoint_info(data["checkpoint"])
+    runner = PreviewRunner.prepare(args, info, _MainProcess(), torch.float32)
+    still, i2v = runner.request(0), runner.request(1)
+    assert still.first_frame_latent is None and still.steps == i2v.steps == 5  # --sample_steps over the default
+    assert still.audio_context is None and still.video_context.shape == (1, 1024, 32)  # video mode: no audio
+    encoder = LatentEncoder(info, None, torch.device("cpu"), torch.float32, VaeTiling())
+    pixels = frames_to_model_input(load_image(data["root"] / "first.png", size=(64, 64))[None])
+    assert torch.equal(i2v.first_frame_latent, encoder.encode_video(pixels[None])[0])
+    assert i2v.first_frame_latent.shape == (128, 1, 2, 2)
+
+
+def test_guidance_comes_from_the_prompt_and_the_version_defaults(data, tmp_path):
+    from ltx2_tuner.sampling.defaults import sampling_defaults
+    from ltx2_tuner.training.previews import PreviewRunner
+
+    cached = load_sample_prompt_cache(sample_cache_path(data["av"]), data["av"])[0]
+    lines = ("a fox --w 64 --h 64 --f 9 --g 4.5 --ga 6", "a cat --w 64 --h 64 --f 9 --s 7")
+    prompts = [dataclasses.replace(cached, sample=parse_prompt_line(line, "p:1")) for line in lines]
+    info = read_checkpoint_info(data["checkpoint"])
+    runner = PreviewRunner(_MainProcess(), info, "av", torch.float32, tmp_path, "x", prompts, [None, None], None, None)
+    defaults = sampling_defaults("2.3")
+    first, second = runner.request(0), runner.request(1)
+    assert first.video_guidance.cfg == 4.5 and first.audio_guidance.cfg == 6.0
+    assert first.video_guidance.stg == defaults.video.stg and first.audio_guidance.modality == defaults.audio.modality
+    assert second.video_guidance == defaults.video and second.audio_guidance == defaults.audio
+    assert first.steps == defaults.steps == 30 and second.steps == 7
+    assert first.audio_context.shape == (1, 1024, 16) and torch.equal(first.audio_context[0], cached.audio)
+    assert torch.equal(first.video_context_negative[0], cached.negative_video) and first.seed == 42
+
+
+class _MainProcess:
+    """What PreviewRunner.prepare asks of an Accelerator, for a single CPU process."""
+
+    is_main_process, device = True, torch.device("cpu")
+
+
+def test_previews_do_not_change_the_trained_lora(data, tmp_path):
+    common = ("--ltx_mode", "av", "--max_train_steps", "3", "--network_dropout", "0.2", "--learning_rate", "1e-3")
+    assert _train(data, tmp_path / "plain", *common) == 0
+    assert _train(data, tmp_path / "previews", *common, "--sample_prompts", str(data["av"]), "--sample_at_first",
+                  "--sample_every_n_steps", "1", "--sample_every_n_epochs", "1") == 0  # fmt: skip
+    # Before step 1 and after each step; the epoch's end (step 2: two batches per epoch) adds none to step 2's.
+    assert sorted(p.name for p in (tmp_path / "previews" / "sample").iterdir()) == [
+        f"ltx2_lora_step{step:06d}_00.mp4" for step in range(4)]  # fmt: skip
+    plain = load_file(tmp_path / "plain" / "ltx2_lora.safetensors")
+    with_previews = load_file(tmp_path / "previews" / "ltx2_lora.safetensors")
+    assert plain.keys() == with_previews.keys()
+    assert all(torch.equal(plain[key], with_previews[key]) for key in plain)
+    assert any(plain[key].abs().sum() > 0 for key in plain if "lora_B" in key)  # it did train
+
+
+def test_without_a_cache_gemma_encodes_the_prompts_at_setup(data, tmp_path, tiny_gemma_dir, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(AV_PROMPTS, encoding="utf-8")
+    loaded = []
+    real_load = trainer.load_transformer
+    monkeypatch.setattr(trainer, "load_transformer", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
+    from ltx2_tuner.models import text_encoder
+
+    real_gemma = text_encoder.load_gemma
+    order = []
+    monkeypatch.setattr(text_encoder, "load_gemma", lambda *a, **k: order.append(len(loaded)) or real_gemma(*a, **k))
+    assert _train(data, tmp_path / "out", "--ltx_mode", "av", "--max_train_steps", "1", "--sample_prompts",
+                  str(prompts), "--sample_every_n_steps", "1", "--gemma_root", str(tiny_gemma_dir)) == 0  # fmt: skip
+    assert order == [0]  # Gemma was loaded, before the transformer
+    assert sample_cache_path(prompts).is_file()  # written as the text cacher would: the next run needs no Gemma
+    assert (tmp_path / "out" / "sample" / "ltx2_lora_step000001_00.mp4").is_file()
+
+
+def test_no_cache_and_no_gemma_is_one_line_before_the_model_loads(data, tmp_path, capsys, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(AV_PROMPTS, encoding="utf-8")
+    monkeypatch.setattr(trainer, "load_transformer", lambda *a, **k: pytest.fail("the transformer was loaded"))
+    assert _train(data, tmp_path / "out", "--ltx_mode", "av", "--sample_prompts", str(prompts),
+                  "--sample_every_n_steps", "1") == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"no sample prompt embeddings for {prompts}" in err and "pass --gemma_root" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--sample_every_n_steps", "5"], "--sample_every_n_steps: previews need --sample_prompts FILE"),
+        (["--sample_at_first", "--sample_steps", "4"], "--sample_at_first, --sample_steps: previews need --sample_pr"),
+        (["--sample_prompts", "{bad}", "--sample_at_first"], "--sample_prompts: {bad}:2: unknown option --x"),
+        (["--sample_prompts", "{good}"], "--sample_prompts: no preview is scheduled; add --sample_every_n_steps"),
+        (
+            ["--sample_prompts", "{good}", "--sample_at_first", "--sample_every_n_epochs", "0"],
+            "--sample_every_n_epochs 0",
+        ),
+    ],
+)
+def test_preview_flags_fail_in_one_line_before_anything_loads(tmp_path, flags, line):
+    (tmp_path / "bad.txt").write_text("# fine\na fox --x 1\n")
+    (tmp_path / "good.txt").write_text("a fox\n")
+    names = {"bad": tmp_path / "bad.txt", "good": tmp_path / "good.txt"}
+    flags = [flag.format(**names) for flag in flags]
+    with pytest.raises(ConfigError) as caught:
+        parse_args(["--dataset_config", "missing.toml", "--ltx2_checkpoint", "missing.safetensors", *flags])
+    assert str(caught.value).startswith(line.format(**names)) and "\n" not in str(caught.value)
