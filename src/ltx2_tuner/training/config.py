@@ -74,6 +74,10 @@ def _flags() -> dict[str, list[Flag]]:
                 "compute precision; the base weights are stored in it (no = fp32)",
                 choices=tuple(COMPUTE_DTYPES),
             ),
+            Flag("seed", int, 42, "random seed; each process adds its rank"),
+            Flag("max_data_loader_n_workers", int, 2, "DataLoader worker processes", bound=NON_NEGATIVE),
+        ],
+        "memory and speed": [
             Flag(
                 "gradient_checkpointing",
                 bool,
@@ -81,9 +85,36 @@ def _flags() -> dict[str, list[Flag]]:
                 "recompute each block in backward (less memory, ~30% slower)",
                 action="store_true",
             ),
+            Flag(
+                "fp8_base",
+                bool,
+                False,
+                "store the frozen base Linear weights in float8 e4m3 and compute in --mixed_precision (half the weight "
+                "memory); needed to train an fp8 checkpoint",
+                action="store_true",
+            ),
+            Flag(
+                "fp8_scaled",
+                bool,
+                False,
+                "with --fp8_base: one scale per weight tensor (amax / 448) so small weights keep their precision",
+                action="store_true",
+            ),
+            Flag(
+                "blocks_to_swap",
+                int,
+                0,
+                "transformer blocks kept in pinned host memory and streamed to the GPU ahead of use (0 = none)",
+                bound=NON_NEGATIVE,
+            ),
             Flag("attention_backend", str, "native", "diffusers attention backend (native = PyTorch SDPA)"),
-            Flag("seed", int, 42, "random seed; each process adds its rank"),
-            Flag("max_data_loader_n_workers", int, 2, "DataLoader worker processes", bound=NON_NEGATIVE),
+            Flag(
+                "compile",
+                bool,
+                False,
+                "torch.compile each transformer block (regional); the first steps of each shape compile",
+                action="store_true",
+            ),
         ],
         "network": [
             Flag("network_module", str, "ltx2_tuner.networks.lora_ltx2", "the network to train (an importable module)"),
