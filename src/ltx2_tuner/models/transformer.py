@@ -114,6 +114,8 @@ class TransformerAdapter(nn.Module):
         self.backbone = backbone
         self.mode = mode
         self.gradient_checkpointing = False
+        self.block_swap = None  # a models.block_swap.BlockSwap when some blocks live in host memory
+        self.compiled_steps: dict[Callable, Callable] = {}  # block step function -> its torch.compile'd version
 
     @property
     def config(self):
@@ -146,25 +148,34 @@ class TransformerAdapter(nn.Module):
         audio_hidden, audio_stream = self._prepare(audio, "audio") if audio is not None else (None, None)
         if video_stream is not None and audio_stream is not None:
             cross = self._prepare_cross(video, audio, video_hidden.dtype, audio_hidden.dtype)
-            for block in blocks:
+            for index, block in enumerate(blocks):
                 video_hidden, audio_hidden = self._run(
-                    _av_block, block, video_hidden, audio_hidden, video_stream, audio_stream, cross
+                    _av_block, index, block, video_hidden, audio_hidden, video_stream, audio_stream, cross
                 )
         elif video_stream is not None:
-            for block in blocks:
-                video_hidden = self._run(_video_block, block, video_hidden, video_stream)
+            for index, block in enumerate(blocks):
+                video_hidden = self._run(_video_block, index, block, video_hidden, video_stream)
         else:
-            for block in blocks:
-                audio_hidden = self._run(_audio_block, block, audio_hidden, audio_stream)
+            for index, block in enumerate(blocks):
+                audio_hidden = self._run(_audio_block, index, block, audio_hidden, audio_stream)
 
         video_out = self._output(video_hidden, video_stream, "") if video_stream is not None else None
         audio_out = self._output(audio_hidden, audio_stream, "audio_") if audio_stream is not None else None
         return video_out, audio_out
 
-    def _run(self, step: Callable, block: nn.Module, *args):
+    def _run(self, step: Callable, index: int, block: nn.Module, *args):
+        """Block `index` of the stack: its weights on the device first (block swap), compiled when enabled,
+        recomputed in backward with gradient checkpointing."""
+        step = self.compiled_steps.get(step, step)
+        if self.block_swap is not None:
+            self.block_swap.before_forward(index)
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return activation_checkpoint(step, block, *args, use_reentrant=False)
-        return step(block, *args)
+            out = activation_checkpoint(step, block, *args, use_reentrant=False)
+        else:
+            out = step(block, *args)
+        if self.block_swap is not None:
+            out = self.block_swap.after_forward(index, out)
+        return out
 
     def _prepare(self, inputs: ModalityInput, modality: str) -> tuple[torch.Tensor, _Stream]:
         """(projected tokens, the stream's per-forward constants)."""
