@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.models.block_swap import BlockSwap
 from ltx2_tuner.models.checkpoint import CheckpointInfo, read_checkpoint_info
 from ltx2_tuner.models.loading import build_module, load_weights
 
@@ -124,6 +125,20 @@ class TransformerAdapter(nn.Module):
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in backward instead of keeping its activations."""
         self.gradient_checkpointing = enabled
+
+    def enable_block_swap(self, num_blocks: int, device: torch.device | str) -> None:
+        """Keep the frozen weights of the last `num_blocks` transformer blocks in (pinned) host memory and stream them
+        to `device` ahead of use (models/block_swap.py); move everything else to `device` now. Call it on a model
+        loaded on the CPU. LoRA layers injected before go to `device` now; injected after, when their block first
+        runs (so inject first if an optimizer state is loaded before the first forward)."""
+        if self.block_swap is not None:
+            raise ValueError("block swap is already enabled on this transformer")
+        swap = BlockSwap(self.backbone.transformer_blocks, num_blocks, device)
+        streamed = {id(tensor) for tensor in swap.streamed_tensors()}
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if id(tensor) not in streamed and tensor.device != swap.device:
+                tensor.data = tensor.data.to(swap.device)
+        self.block_swap = swap
 
     def set_attention_backend(self, backend: str) -> None:
         """diffusers attention backend: "native" (PyTorch SDPA, default), "flash", "_native_flash", "xformers", ..."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -118,8 +119,9 @@ def setup(args) -> Run:
         from ltx2_tuner.training.previews import PreviewRunner  # imports the sampler and decoders: only when needed
 
         previews = PreviewRunner.prepare(args, info, accelerator, weight_dtype)
+    # With --blocks_to_swap the model loads on the CPU: enable_block_swap moves all but the swapped weights.
     model = load_transformer(
-        info, args.ltx_mode, dtype=weight_dtype, device=accelerator.device,
+        info, args.ltx_mode, dtype=weight_dtype, device="cpu" if args.blocks_to_swap else accelerator.device,
         attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
     )  # fmt: skip
     context_dim = context_dims(model.config)[0]
@@ -131,6 +133,8 @@ def setup(args) -> Run:
     params = network_module.add_lora(model.backbone, spec)
     if args.network_weights:
         network_module.load_lora_weights(args.network_weights, model.backbone)
+    if args.blocks_to_swap:  # after the LoRA exists: it goes to the device before the optimizer (and resume) sees it
+        model.enable_block_swap(args.blocks_to_swap, accelerator.device)
     model.train()
     optimizer = make_optimizer(params, args.optimizer_type, args.learning_rate, args.optimizer_args)
 
@@ -146,7 +150,12 @@ def setup(args) -> Run:
         "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
         "batches_per_epoch": len(batches), "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }  # fmt: skip
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # DDP neither broadcasts nor buckets the frozen base (every rank loads the same checkpoint; the swapped blocks'
+    # weights are in host memory); accelerate must not move the swapped weights to the device.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, _frozen_names(model))
+    model, optimizer = accelerator.prepare(
+        model, optimizer, device_placement=[False, None] if args.blocks_to_swap else None
+    )
     state = ckpt.TrainState(fingerprint=fingerprint)
     if saved is not None:
         state = _resume(args, saved, accelerator.unwrap_model(model).backbone, optimizer, generator, fingerprint)
@@ -159,6 +168,12 @@ def setup(args) -> Run:
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
                total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews)  # fmt: skip
+
+
+def _frozen_names(model: torch.nn.Module) -> list[str]:
+    """Names of the frozen parameters and the buffers: what DDP is told to leave alone."""
+    frozen = [name for name, param in model.named_parameters() if not param.requires_grad]
+    return frozen + [name for name, _ in model.named_buffers()]
 
 
 def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
