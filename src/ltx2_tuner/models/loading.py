@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ltx2_tuner.errors import CheckpointError
 from ltx2_tuner.models import configs
 from ltx2_tuner.models.checkpoint import CONFIG_SECTION, CheckpointInfo, read_checkpoint_info
+from ltx2_tuner.models.fp8 import SCALE_SUFFIX, Fp8Loader
 from ltx2_tuner.models.key_maps import (
     AUDIO_VAE_KEYS,
     CONNECTOR_KEYS,
@@ -134,15 +135,27 @@ def load_weights(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     keep: Callable[[str], bool] | None = None,
+    loader: Fp8Loader | None = None,
 ) -> nn.Module:
     """Read `component`'s tensors into `module` (built by `build_module`, possibly pruned), eval mode, frozen.
 
     `keep(diffusers_name)` selects the tensors a pruned module still has; the others are not read at all.
-    Every tensor the module expects must come from the file.
+    Every tensor the module expects must come from the file. Each tensor goes to `device` and is converted there
+    as soon as it is read (cast to `dtype`; fp8 tensors of the file dequantized with their `_scale`, or kept in fp8
+    by an `Fp8Loader` with storage), so host memory holds one tensor at a time.
     """
     key_map = KEY_MAPS[component]
-    renamed = {name: key_map.to_diffusers(name) for name in info.tensor_names[component]}
+    loader = loader or Fp8Loader((), None, dtype)
+    official = info.tensor_names[component]
+    scale_of = {
+        name.removesuffix(SCALE_SUFFIX): name
+        for name in official
+        if name.endswith(SCALE_SUFFIX) and name.removesuffix(SCALE_SUFFIX) in set(official)
+    }
+    skipped = set(scale_of.values())
+    renamed = {name: key_map.to_diffusers(name) for name in official if name not in skipped}
     names = [name for name, new in renamed.items() if new is not None and (keep is None or keep(new))]
+    scales = dict(read_tensors(info.header, [scale_of[name] for name in names if name in scale_of]))
     state_dict = {}
     total_bytes = sum(info.header.tensors[name].nbytes for name in names)
     with tqdm(
@@ -153,20 +166,24 @@ def load_weights(
         disable=total_bytes < _PROGRESS_MIN_BYTES,
         leave=False,
     ) as progress:
-        for name, tensor in read_tensors(info.header, names, dtype):
-            state_dict[renamed[name]] = tensor
+        for name, tensor in read_tensors(info.header, names):
+            scale = scales.get(scale_of.get(name, ""))
+            state_dict.update(loader.convert(renamed[name], tensor.to(device), scale))
             progress.update(info.header.tensors[name].nbytes)
     _assign_state_dict(info, component, module, state_dict)
     if dtype is not None:
-        _cast_constructed_buffers(module, dtype)
+        _cast_constructed_buffers(module, dtype, loaded=state_dict.values())
     return module.to(device).eval().requires_grad_(False)
 
 
-def _cast_constructed_buffers(module: nn.Module, dtype: torch.dtype) -> None:
+def _cast_constructed_buffers(module: nn.Module, dtype: torch.dtype, loaded) -> None:
     # Buffers the constructor computes (resampling filters) are not in the file and so were not cast on read.
+    from_file = {id(tensor) for tensor in loaded}
     for submodule in module.modules():
         for name, buffer in submodule._buffers.items():
-            if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+            if buffer is None or id(buffer) in from_file:
+                continue
+            if buffer.is_floating_point() and buffer.dtype != dtype:
                 submodule._buffers[name] = buffer.to(dtype)
 
 

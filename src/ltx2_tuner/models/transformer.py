@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models.block_swap import BlockSwap
 from ltx2_tuner.models.checkpoint import CheckpointInfo, read_checkpoint_info
+from ltx2_tuner.models.fp8 import Fp8Loader, Fp8Storage, prepare_fp8
 from ltx2_tuner.models.loading import build_module, load_weights
 
 Mode = Literal["av", "video", "audio"]
@@ -368,17 +369,23 @@ def load_transformer(
     device: str | torch.device = "cpu",
     attention_backend: str = "native",
     gradient_checkpointing: bool = False,
+    fp8: Fp8Storage | None = None,
 ) -> TransformerAdapter:
     """The transformer of an official checkpoint for training or sampling in `mode` ("av", "video" or "audio").
 
     Only the tensors of the chosen build are read. Weights are frozen and in eval mode; LoRA goes on
-    `.backbone` (diffusers module names). `dtype` casts floating-point weights (e.g. torch.bfloat16).
+    `.backbone` (diffusers module names). `dtype` casts floating-point weights (e.g. torch.bfloat16). With `fp8`, the
+    big Linear weights of the blocks are stored in float8 e4m3 and computed in `dtype` (models/fp8.py).
     """
     if mode not in MODES:
         raise ConfigError(f"--ltx_mode {mode!r} is not one of {', '.join(MODES)}")
     info = checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint_info(checkpoint)
     backbone = prune(build_module(info, "transformer"), mode)
-    backbone = load_weights(info, "transformer", backbone, dtype, device, keep=lambda name: not is_excluded(name, mode))
+    fp8_layers = prepare_fp8(backbone, dtype or torch.bfloat16) if fp8 is not None else ()
+    backbone = load_weights(
+        info, "transformer", backbone, dtype, device, keep=lambda name: not is_excluded(name, mode),
+        loader=Fp8Loader(fp8_layers, fp8, dtype),
+    )  # fmt: skip
     adapter = TransformerAdapter(backbone, mode)
     if attention_backend != "native":  # diffusers' default is PyTorch SDPA already
         adapter.set_attention_backend(attention_backend)

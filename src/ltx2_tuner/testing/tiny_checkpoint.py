@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ltx2_tuner.models.checkpoint import COMPONENTS, CONFIG_SECTION
+from ltx2_tuner.models.fp8 import SCALE_SUFFIX, is_fp8_linear, quantize
 from ltx2_tuner.models.loading import KEY_MAPS, construct_module
 from ltx2_tuner.models.safetensors_io import save_atomically
 from ltx2_tuner.testing.tiny_configs import official_config, tensor_shape_hints
@@ -73,15 +74,33 @@ def write_tiny_checkpoint(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     path: str | Path | None = None,
+    fp8: bool = False,
 ) -> Path:
-    """Write `out_dir/ltx2_tiny.safetensors` (official format; `path` overrides the name) and return its path."""
+    """Write `out_dir/ltx2_tiny.safetensors` (official format; `path` overrides the name) and return its path.
+
+    `fp8`: as Lightricks' `-fp8` files: the blocks' attention and feed-forward weights in float8 e4m3 with a scalar
+    fp32 `.weight_scale` beside each, everything else in `dtype`."""
     modules = build_diffusers_modules(version, size, seed)
     tensors = {
         name: tensor.to(dtype) if tensor.is_floating_point() else tensor
         for name, tensor in official_state_dict(modules).items()
     }
     del modules
+    if fp8:
+        tensors = _quantize_official(tensors)
     metadata = {"config": json.dumps(official_config(version, size)), "model_version": MODEL_VERSIONS[version]}
     path = Path(path) if path is not None else Path(out_dir) / CHECKPOINT_NAME
     save_atomically(tensors, path, metadata)
     return path
+
+
+def _quantize_official(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefix = "model.diffusion_model."
+    out = {}
+    for name, tensor in tensors.items():
+        layer = name.removeprefix(prefix).removesuffix(".weight")
+        if name.startswith(prefix) and name.endswith(".weight") and is_fp8_linear(layer):
+            out[name], out[f"{name}{SCALE_SUFFIX}"] = quantize(tensor, scaled=True)
+        else:
+            out[name] = tensor
+    return out

@@ -330,6 +330,8 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     problems += [p for flag in FLAGS.values() if (p := flag.problem(getattr(args, flag.name))) is not None]
     if args.resume_extend and args.resume is None:
         problems.append("--resume_extend: only means something with --resume STATE_FOLDER; add it or drop the flag")
+    if args.fp8_scaled and not args.fp8_base:
+        problems.append("--fp8_scaled: only means something with --fp8_base; add --fp8_base or drop the flag")
     if (problem := _network_module_problem(args)) is not None:
         problems.append(problem)
     return problems + _optimizer_problems(args) + _preview_problems(args)

@@ -28,6 +28,7 @@ from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
 from ltx2_tuner.models import context_dims, load_transformer, read_checkpoint_info
+from ltx2_tuner.models.fp8 import fp8_storage
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
@@ -80,10 +81,9 @@ class Run:
 
 
 def check_precision(info, mixed_precision: str) -> None:
-    """Refuse compute precisions the checkpoint's weights do not fit."""
+    """Refuse compute precisions the checkpoint's weights do not fit (fp8 files load with or without --fp8_base:
+    without it their weights are dequantized to the compute dtype)."""
     dtypes = {info.header.tensors[name].dtype for name in info.tensor_names["transformer"]}
-    if any(d.startswith("F8") for d in dtypes):
-        raise ConfigError(f"{info.path}: fp8 checkpoints cannot be trained yet; use the bf16 checkpoint")
     if "BF16" in dtypes and mixed_precision == "fp16":
         raise ConfigError(f"{info.path}: bf16 weights overflow in fp16; use --mixed_precision bf16 (or no for fp32)")
 
@@ -123,6 +123,7 @@ def setup(args) -> Run:
     model = load_transformer(
         info, args.ltx_mode, dtype=weight_dtype, device="cpu" if args.blocks_to_swap else accelerator.device,
         attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
+        fp8=fp8_storage(args.fp8_base, args.fp8_scaled),
     )  # fmt: skip
     context_dim = context_dims(model.config)[0]
     batches = CachedBatches(datasets, args.ltx_mode, args.seed, args.dataset_config, info.version, context_dim)
