@@ -73,7 +73,9 @@ def test_official_fp8_file_keeps_its_weights_and_scales(fp8_file):
     assert weight.dtype == FP8_DTYPE and scale.ndim == 0
     kept = load_transformer(fp8_file, "av", dtype=torch.bfloat16, fp8=Fp8Storage())
     layer = kept.backbone.transformer_blocks[0].attn1.to_q
-    assert torch.equal(layer.weight.view(torch.uint8), weight.view(torch.uint8)) and torch.equal(layer.weight_scale, scale)
+    assert torch.equal(layer.weight.view(torch.uint8), weight.view(torch.uint8)) and torch.equal(
+        layer.weight_scale, scale
+    )
     # Without --fp8_base the same file is dequantized on load.
     plain = load_transformer(fp8_file, "av", dtype=torch.float32)
     assert torch.equal(plain.backbone.transformer_blocks[0].attn1.to_q.weight, weight.float() * scale)
@@ -111,7 +113,9 @@ def test_autograd_saves_the_fp8_weights_not_their_upcasts(tiny):
     # The check would see them: the same model with plain upcasting Linears saves every one.
     for module in model.modules():
         if isinstance(module, Fp8Linear):
-            module.forward = lambda x, m=module: nn.functional.linear(x, dequantize(m.weight, m.weight_scale, x.dtype), m.bias)
+            module.forward = lambda x, m=module: nn.functional.linear(
+                x, dequantize(m.weight, m.weight_scale, x.dtype), m.bias
+            )
     assert _saved_upcast_weights(model, video, audio) > 0
 
 

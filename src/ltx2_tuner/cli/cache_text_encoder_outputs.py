@@ -2,7 +2,7 @@
 
     python ltx2_cache_text_encoder_outputs.py --dataset_config dataset.toml \\
         --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
-        [--ltx_mode av] [--skip_existing] [--sample_prompts prompts.txt]
+        [--ltx_mode av] [--skip_existing] [--sample_prompts prompts.txt] [--gemma_offload]
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_flags(parser)
     parser.add_argument("--gemma_load_in_8bit", action="store_true", help="8-bit Gemma (bitsandbytes, CUDA only)")
     parser.add_argument("--gemma_load_in_4bit", action="store_true", help="4-bit NF4 Gemma (bitsandbytes, CUDA only)")
+    parser.add_argument(
+        "--gemma_offload",
+        action="store_true",
+        help="keep Gemma's layers in host memory and stream one at a time to the GPU: the same bf16 features with "
+        "~3.7 GB of Gemma on the GPU (automatic when the whole model does not fit)",
+    )
     parser.add_argument("--allow_empty_captions", action="store_true", help="encode empty captions instead of failing")
     parser.add_argument(
         "--no_compat_text_keys", action="store_true", help="do not write the text_{dtype}/text_mask copies"
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from ltx2_tuner.data.config import load_dataset_config
     from ltx2_tuner.models.text_embeddings import connector_checkpoint, connector_input, require_connector_weights
-    from ltx2_tuner.models.text_encoder import check_gemma_fits, check_quantization, inspect_gemma
+    from ltx2_tuner.models.text_encoder import check_gemma_fits, check_offload, check_quantization, inspect_gemma
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -88,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = COMPUTE_DTYPES[args.mixed_precision]
 
     # Everything that can be wrong is found here, before any weights load.
+    check_offload(quantization, args.gemma_offload)
     check_quantization(quantization, device)
     datasets = load_dataset_config(args.dataset_config)
     info = connector_checkpoint(args.ltx2_checkpoint, args.ltx2_text_encoder_checkpoint)
@@ -126,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if pending or sample_needed:
-        encode, unload = _load_encoder(info, gemma, args.ltx_mode, dtype, device, quantization)
+        encode, unload = _load_encoder(
+            info, gemma, args.ltx_mode, dtype, device, quantization, args.gemma_offload, args.batch_size
+        )
         try:
             result = cache_text(pending, encode, stamp, args.batch_size)
             summary.encoded, summary.failed = result.encoded, result.failed
@@ -143,18 +152,34 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if summary.failed else 0
 
 
-def _load_encoder(info, gemma, mode: str, dtype: torch.dtype, device: torch.device, quantization: str | None):
+def _load_encoder(
+    info,
+    gemma,
+    mode: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: str | None,
+    offload: bool,
+    batch_size: int,
+):
     """(captions -> CPU embeddings, unload). Connectors load first: they are smaller and fail faster than Gemma.
 
     Gemma and the connectors stay loaded together and each batch goes through both at once, so only the final
     embeddings (~12-15 MB per caption) are kept, never the packed Gemma features (~385 MB per caption).
+    Gemma's layers are streamed from host memory with --gemma_offload, or when the whole bf16 model would not fit
+    the GPU's free memory next to the connectors: the features are the same bit for bit, only slower.
     """
     from ltx2_tuner.cache.text_cacher import check_finite
     from ltx2_tuner.models.text_embeddings import encode_prompts, load_text_embedder
-    from ltx2_tuner.models.text_encoder import load_gemma
+    from ltx2_tuner.models.text_encoder import OFFLOAD_FLAG, load_gemma, whole_gemma_misfit
 
     embedder = load_text_embedder(info, mode, dtype, device)
-    text_encoder = load_gemma(gemma, GEMMA_DTYPE, device, quantization)
+    if not offload and quantization is None:
+        misfit = whole_gemma_misfit(gemma, device, batch_size)
+        if misfit is not None:
+            print(f"{misfit}: streaming its layers from host memory ({OFFLOAD_FLAG}, same features)", flush=True)
+            offload = True
+    text_encoder = load_gemma(gemma, GEMMA_DTYPE, device, quantization, offload)
 
     def encode(texts: list[str]):
         video, audio, mask = encode_prompts(text_encoder, embedder, texts)

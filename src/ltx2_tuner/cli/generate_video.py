@@ -24,6 +24,7 @@ from ltx2_tuner.cli._common import resolve_device, run
 from ltx2_tuner.cli.generate_plan import DEFAULTS, Job, LoraWeight, Plan, guidance, plan, with_audio
 from ltx2_tuner.dtypes import COMPUTE_DTYPES
 from ltx2_tuner.flags import LTX2_CHECKPOINT, LTX_MODE, add_flag, with_help
+from ltx2_tuner.models.attention_backends import ATTENTION_BACKENDS, check_backend
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     model.add_argument(
+        "--attention_backend",
+        choices=ATTENTION_BACKENDS,
+        default="native",
+        help="attention kernel (default: native = PyTorch SDPA); sage (sageattention) is fastest for sampling",
+    )
+    model.add_argument(
         "--mixed_precision",
         choices=tuple(COMPUTE_DTYPES),
         help="compute dtype (default: bf16 on CUDA, no = float32 on a CPU, where bf16 kernels are ~100x slower)",
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     precision = args.mixed_precision or ("bf16" if device.type == "cuda" else "no")
     dtype = COMPUTE_DTYPES[precision]
 
+    check_backend(args.attention_backend, training=False, dtype=dtype)
     checked = plan(args)  # every problem, before any weights load
     info, jobs = checked.info, checked.jobs
     print(f"{info.path.name}: LTX-{info.version}, --ltx_mode {args.ltx_mode}, {precision} on {device}", flush=True)
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"loading the transformer ({args.ltx_mode} build)", flush=True)
     model = load_transformer(info, mode=args.ltx_mode, dtype=dtype, device=device)
+    model.set_attention_backend(args.attention_backend, training=False)
     _merge_loras(model, checked.loras)
     results = []
     for job, request in zip(jobs, requests, strict=True):

@@ -5,6 +5,8 @@ left-padded to exactly 1024 tokens, packed as `torch.stack(hidden_states, -1).fl
 Only the language model is loaded (`Gemma3TextModel`): the vision tower (~0.4 B parameters) is never read from
 disk and there is no LM head, so no [B, 1024, 262144] logits either. Its hidden states are bit-identical to those of
 the full `Gemma3ForConditionalGeneration` that diffusers' LTX2Pipeline runs (tests/models/test_text_encoder.py).
+`load_gemma(..., offload=True)` keeps the decoder layers in host memory and streams them to the GPU one at a time:
+the same features bit for bit with ~3.7 GB of Gemma on the GPU instead of ~24 GB (models/gemma_memory.py).
 Facts: ../shared/reference/official-ltx-trainer.md §4, diffusers-ltx2-and-peers.md §5 "Text path".
 """
 
@@ -25,6 +27,7 @@ from ltx2_tuner.errors import CheckpointError, ConfigError
 MAX_PROMPT_TOKENS = 1024  # LTX-2 always sees 1024 positions; the connectors' 128 registers tile them
 QUANTIZATIONS = (None, "8bit", "4bit")
 QUANTIZATION_FLAGS = {"8bit": "--gemma_load_in_8bit", "4bit": "--gemma_load_in_4bit"}
+OFFLOAD_FLAG = "--gemma_offload"
 _GEMMA3_TYPES = ("gemma3", "gemma3_text")  # the multimodal release (gemma-3-12b-it) or a text-only export
 _NEEDED = "a local Gemma 3 directory such as gemma-3-12b-it (config.json, tokenizer, *.safetensors)"
 # Language-model tensor names in the files transformers writes or reads: `language_model.model.*` (the release and
@@ -129,6 +132,39 @@ def check_quantization(quantization: str | None, device: torch.device) -> None:
         raise ConfigError(f"{flag} needs the bitsandbytes package: pip install bitsandbytes")
 
 
+def check_offload(quantization: str | None, offload: bool) -> None:
+    """Streaming moves Gemma's bf16 weights as they are; bitsandbytes layers are not plain tensors to stream."""
+    if offload and quantization is not None:
+        flag = QUANTIZATION_FLAGS[quantization]
+        raise ConfigError(
+            f"{OFFLOAD_FLAG} streams the exact bf16 weights and {flag} quantizes them; pass one of the two "
+            f"({OFFLOAD_FLAG} gives the same features as plain bf16 within a 16 GB GPU)"
+        )
+
+
+def gemma_sizes(gemma: GemmaInfo):
+    """The `GemmaSizes` (hidden, layers, intermediate, vocab, heads) of a Gemma directory, from its config."""
+    from transformers import AutoConfig
+
+    from ltx2_tuner.models.gemma_memory import GemmaSizes
+
+    return GemmaSizes.from_config(AutoConfig.from_pretrained(gemma.root, local_files_only=True))
+
+
+def whole_gemma_misfit(gemma: GemmaInfo, device: torch.device, batch_size: int = 1) -> str | None:
+    """Why the whole bf16 Gemma would not fit the CUDA device's free memory now, or None (it fits, or no CUDA)."""
+    from ltx2_tuner.models.gemma_memory import estimate_text_encoding_memory, whole_gemma_fits
+
+    if device.type != "cuda":
+        return None
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    sizes = gemma_sizes(gemma)
+    if whole_gemma_fits(sizes, free_bytes, batch_size):
+        return None
+    need = estimate_text_encoding_memory(sizes, batch_size, streamed=False).peak
+    return f"Gemma in bf16 needs ~{need / 1e9:.1f} GB of GPU memory but {device} has {free_bytes / 1e9:.1f} GB free"
+
+
 def tokenize(tokenizer, captions: list[str], max_tokens: int = MAX_PROMPT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [B, max_tokens] and 0/1 mask [B, max_tokens] (int64), left-padded, starting with <bos>.
 
@@ -166,8 +202,9 @@ def pack_hidden_states(hidden_states: tuple[torch.Tensor, ...] | list[torch.Tens
 class GemmaTextEncoder:
     """Gemma 3's language model and tokenizer: captions -> packed hidden states and mask. See `load_gemma`."""
 
-    def __init__(self, model, tokenizer, info: GemmaInfo, quantization: str | None = None):
+    def __init__(self, model, tokenizer, info: GemmaInfo, quantization: str | None = None, layer_stream=None):
         self.model, self.tokenizer, self.info, self.quantization = model, tokenizer, info, quantization
+        self.layer_stream = layer_stream  # the BlockSwap streaming the decoder layers (`offload`), or None
 
     @property
     def device(self) -> torch.device:
@@ -185,10 +222,14 @@ class GemmaTextEncoder:
 
     def unload(self) -> None:
         """Drop the weights and return their memory (GPU caches included) before the next big step."""
-        self.model = None
+        self.model = self.layer_stream = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+            # Streaming pinned the layers' host copies; the pinned allocator caches them until told otherwise.
+            empty_host_cache = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+            if empty_host_cache is not None:
+                empty_host_cache()
 
 
 def load_gemma(
@@ -196,16 +237,20 @@ def load_gemma(
     dtype: torch.dtype = torch.bfloat16,
     device: str | torch.device = "cpu",
     quantization: str | None = None,
+    offload: bool = False,
 ) -> GemmaTextEncoder:
     """Gemma 3's language model (no vision tower, no LM head) and tokenizer from a local directory, offline.
 
     dtype: weight dtype (bfloat16, as Gemma was trained and as the official trainer runs it); with `quantization`
     ("8bit" / "4bit", bitsandbytes, CUDA only) the linear layers are quantized on load and compute in `dtype`.
+    offload: load into host memory and keep the decoder layers there; only the embedding table and final norm move
+    to `device`, and `stream_decoder_layers` copies each layer in just before it runs. Bit-identical features.
     """
     from transformers import AutoConfig, AutoTokenizer, Gemma3TextModel
 
     info = gemma_root if isinstance(gemma_root, GemmaInfo) else inspect_gemma(gemma_root)
     device = torch.device(device)
+    check_offload(quantization, offload)
     check_quantization(quantization, device)
     config = AutoConfig.from_pretrained(info.root, local_files_only=True)
     text_config = getattr(config, "text_config", config)
@@ -223,7 +268,7 @@ def load_gemma(
             info.root,
             config=text_config,
             dtype=dtype,
-            device_map={"": str(device)},
+            device_map={"": "cpu" if offload else str(device)},
             local_files_only=True,
             key_mapping={_LANGUAGE_MODEL_PREFIX: ""},
             output_loading_info=True,
@@ -236,7 +281,34 @@ def load_gemma(
             f"{info.root}: the weights lack {len(loading['missing_keys'])} Gemma 3 language-model tensors (e.g. "
             f"{example}); the download is incomplete or not Gemma 3, download it again"
         )
-    return GemmaTextEncoder(model.eval().requires_grad_(False), tokenizer, info, quantization)
+    model = model.eval().requires_grad_(False)
+    layer_stream = stream_decoder_layers(model, device) if offload else None
+    return GemmaTextEncoder(model, tokenizer, info, quantization, layer_stream)
+
+
+def stream_decoder_layers(model, device: torch.device):
+    """Run `model` (a Gemma3TextModel in host memory) on `device` with its decoder layers streamed; return the
+    BlockSwap that streams them.
+
+    Everything but `model.layers` (embedding table, final norm, rotary tables) moves to `device` and stays. The
+    layers' weights get one host copy each (pinned on CUDA) and, through forward hooks, each layer is copied to the
+    device just before it runs while the next one is prefetched on a side stream, and dropped once it has run: at
+    most two layers are on the device. It is our transformer block swap with every block swapped; the computation
+    is unchanged, so the output is bit-identical. On the CPU the "device copies" are clones: the same code runs.
+    Not diffusers' group offloading, which is exact too: its block level pins a copy of every layer before it frees
+    the originals (twice the host memory while loading) and copies the embedding table to the GPU and back per call.
+    """
+    from ltx2_tuner.models.block_swap import BlockSwap
+
+    for name, child in model.named_children():
+        if name != "layers":
+            child.to(device)
+    layers = model.layers
+    stream = BlockSwap(layers, len(layers), device)
+    for index, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda module, args, index=index: stream.before_forward(index))
+        layer.register_forward_hook(lambda module, args, out, index=index: stream.after_forward(index, out))
+    return stream
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.models.attention_backends import BACKENDS, check_backend, require_mask_support
 from ltx2_tuner.models.block_swap import BlockSwap
 from ltx2_tuner.models.checkpoint import CheckpointInfo, read_checkpoint_info
 from ltx2_tuner.models.fp8 import Fp8Loader, Fp8Storage, prepare_fp8
@@ -118,6 +119,7 @@ class TransformerAdapter(nn.Module):
         self.gradient_checkpointing = False
         self.block_swap = None  # a models.block_swap.BlockSwap when some blocks live in host memory
         self.compiled_steps: dict[Callable, Callable] = {}  # block step function -> its torch.compile'd version
+        self.attention_backend = BACKENDS["native"]  # diffusers' default: PyTorch SDPA
 
     @property
     def config(self):
@@ -141,12 +143,22 @@ class TransformerAdapter(nn.Module):
                 tensor.data = tensor.data.to(swap.device)
         self.block_swap = swap
 
-    def set_attention_backend(self, backend: str) -> None:
-        """diffusers attention backend: "native" (PyTorch SDPA, default), "flash", "_native_flash", "xformers", ..."""
+    def set_attention_backend(self, backend: str, training: bool) -> None:
+        """Attention kernel by our name (models/attention_backends.py: native, cudnn, efficient, math, flash, flash3,
+        xformers, sage); ConfigError when it cannot run here, or has no backward pass and `training`."""
+        chosen = check_backend(backend, training, self.backbone.dtype)
         try:
-            self.backbone.set_attention_backend(backend)
+            self.backbone.set_attention_backend(chosen.diffusers_name)
         except (ValueError, ImportError, RuntimeError) as error:
-            raise ConfigError(f"attention backend {backend!r} is not usable here: {error}") from None
+            raise ConfigError(f"--attention_backend {chosen.name}: not usable here: {error}") from None
+        self.attention_backend = chosen
+
+    def compile_blocks(self, backend: str = "inductor") -> None:
+        """torch.compile the step of each kind of block (regional; one graph shared by every block), see
+        models/compile.py. Call it after LoRA injection and block swap."""
+        from ltx2_tuner.models.compile import compile_blocks
+
+        compile_blocks(self, backend=backend)
 
     def forward(
         self, video: ModalityInput | None = None, audio: ModalityInput | None = None
@@ -217,6 +229,7 @@ class TransformerAdapter(nn.Module):
             context = getattr(model, f"{prefix}caption_projection")(context).view(batch_size, -1, hidden.size(-1))
         context_bias = None
         if inputs.context_mask is not None:
+            require_mask_support(self.attention_backend)
             context_bias = ((1 - inputs.context_mask.to(dtype)) * -10000.0).unsqueeze(1)
 
         rope = getattr(model, f"{prefix}rope")(inputs.positions, device=hidden.device)
@@ -388,6 +401,6 @@ def load_transformer(
     )  # fmt: skip
     adapter = TransformerAdapter(backbone, mode)
     if attention_backend != "native":  # diffusers' default is PyTorch SDPA already
-        adapter.set_attention_backend(attention_backend)
+        adapter.set_attention_backend(attention_backend, training=True)  # generation: set_attention_backend
     adapter.enable_gradient_checkpointing(gradient_checkpointing)
     return adapter.eval()

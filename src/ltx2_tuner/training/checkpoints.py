@@ -5,7 +5,7 @@ frozen base weight (tens of GB) next to the few MB of LoRA:
 
     state-step000100/
       trainable.pt         the trainable parameters as they are (exact, unlike the scale-folded LoRA file)
-      optimizer.pt         optimizer state (identical on every rank under DDP, so rank 0 writes it)
+      optimizer.pt         optimizer state (identical on every rank under DDP, gathered under FSDP; rank 0 writes it)
       rng-rank{r}.pt       each rank's generator and global RNG states
       train_state.json     step, epoch, batches done in the epoch, and the run fingerprint checked on resume
 
@@ -113,8 +113,9 @@ def save_trainable(directory: Path, module: torch.nn.Module) -> None:
     torch.save(params, directory / TRAINABLE_FILE)
 
 
-def save_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
-    torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+def save_optimizer(directory: Path, state_dict: dict) -> None:
+    """`state_dict`: the optimizer's, with full tensors (training/distributed.py `full_optimizer_state`)."""
+    torch.save(state_dict, directory / OPTIMIZER_FILE)
 
 
 def write_state(directory: Path, state: TrainState) -> None:

@@ -29,6 +29,7 @@ from ltx2_tuner.flags import (
     between,
     with_help,
 )
+from ltx2_tuner.models.attention_backends import ATTENTION_BACKENDS, backend_problem
 from ltx2_tuner.training.flow_matching import SIGMA_SAMPLERS
 from ltx2_tuner.training.optim import optimizer_class, parse_optimizer_args
 
@@ -107,12 +108,21 @@ def _flags() -> dict[str, list[Flag]]:
                 "transformer blocks kept in pinned host memory and streamed to the GPU ahead of use (0 = none)",
                 bound=NON_NEGATIVE,
             ),
-            Flag("attention_backend", str, "native", "diffusers attention backend (native = PyTorch SDPA)"),
+            Flag(
+                "attention_backend",
+                str,
+                "native",
+                "attention kernel: native (PyTorch SDPA), cudnn, efficient, math, flash (flash-attn 2), flash3 "
+                "(FlashAttention 3, Hopper), xformers; sage has no backward pass (ltx2_generate_video.py only)",
+                choices=ATTENTION_BACKENDS,
+                bound=lambda name: backend_problem(name, training=True),
+            ),
             Flag(
                 "compile",
                 bool,
                 False,
-                "torch.compile each transformer block (regional); the first steps of each shape compile",
+                "torch.compile the transformer block (regional, one graph for all blocks, dynamic token counts: a new "
+                "bucket does not recompile); the first steps compile",
                 action="store_true",
             ),
         ],

@@ -184,10 +184,11 @@ def _encode_prompts(prompts_file: Path, gemma, info, mode: str, dtype: torch.dty
 def _encode_texts(prompts: list, gemma, info, mode: str, dtype: torch.dtype, device: torch.device) -> dict:
     from ltx2_tuner.cache.text_cacher import check_finite
     from ltx2_tuner.models.text_embeddings import encode_prompts, load_text_embedder
-    from ltx2_tuner.models.text_encoder import load_gemma
+    from ltx2_tuner.models.text_encoder import load_gemma, whole_gemma_misfit
 
     embedder = load_text_embedder(info, mode, dtype, device)
-    text_encoder = load_gemma(gemma, device=device)  # Gemma's own bf16, as the text cacher runs it
+    # Gemma's own bf16, as the text cacher runs it; its layers streamed from host memory when the GPU is too small.
+    text_encoder = load_gemma(gemma, device=device, offload=whole_gemma_misfit(gemma, device) is not None)
 
     def encode(texts: list[str]):
         video, audio, mask = encode_prompts(text_encoder, embedder, texts)

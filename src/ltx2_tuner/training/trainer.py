@@ -1,8 +1,9 @@
 """The LoRA training run: setup in dependency order, then one loop that reads top to bottom.
 
-Works under `accelerate launch` (DDP; each rank takes its own share of every epoch's batches and draws its own
-noise from seed + rank) and plain `python`. The learning rate is a function of the optimizer step, set before each
-optimizer step, so it advances once per optimizer step however many processes run. Gradient accumulation is
+Works under `accelerate launch` (DDP, or FSDP with an FSDP config file: training/distributed.py; each rank takes
+its own share of every epoch's batches and draws its own noise from seed + rank) and plain `python`. The learning
+rate is a function of the optimizer step, set before each optimizer step, so it advances once per optimizer step
+however many processes run. Gradient accumulation is
 counted here (training/accumulation.py): the last, smaller group of an epoch makes an optimizer step too.
 """
 
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -31,6 +31,7 @@ from ltx2_tuner.models import context_dims, load_transformer, read_checkpoint_in
 from ltx2_tuner.models.fp8 import fp8_storage
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
+from ltx2_tuner.training import distributed
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
 from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
@@ -103,6 +104,7 @@ def setup(args) -> Run:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    fsdp = distributed.fsdp_settings(args)  # None: DDP (or one process); flags FSDP does not take fail here
     # A missing or damaged --resume folder fails here, before minutes of model loading and before any weight changes.
     saved = ckpt.read_saved_state(args.resume, rank, world) if args.resume else None
     generator = torch.Generator().manual_seed(args.seed + rank)  # each rank draws its own noise and sigmas
@@ -136,7 +138,11 @@ def setup(args) -> Run:
         network_module.load_lora_weights(args.network_weights, model.backbone)
     if args.blocks_to_swap:  # after the LoRA exists: it goes to the device before the optimizer (and resume) sees it
         model.enable_block_swap(args.blocks_to_swap, accelerator.device)
+    if args.compile:  # after LoRA injection and block swap: the first compile must see the final modules
+        model.compile_blocks()
     model.train()
+    if fsdp is not None:  # before the optimizer: sharding replaces the parameters
+        params = distributed.shard(model, accelerator.device, fsdp)
     optimizer = make_optimizer(params, args.optimizer_type, args.learning_rate, args.optimizer_args)
 
     if len(batches) < world:
@@ -151,12 +157,7 @@ def setup(args) -> Run:
         "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
         "batches_per_epoch": len(batches), "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }  # fmt: skip
-    # DDP neither broadcasts nor buckets the frozen base (every rank loads the same checkpoint; the swapped blocks'
-    # weights are in host memory); accelerate must not move the swapped weights to the device.
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, _frozen_names(model))
-    model, optimizer = accelerator.prepare(
-        model, optimizer, device_placement=[False, None] if args.blocks_to_swap else None
-    )
+    model, optimizer = distributed.prepare(accelerator, model, optimizer, args.blocks_to_swap)
     state = ckpt.TrainState(fingerprint=fingerprint)
     if saved is not None:
         state = _resume(args, saved, accelerator.unwrap_model(model).backbone, optimizer, generator, fingerprint)
@@ -171,12 +172,6 @@ def setup(args) -> Run:
                total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews)  # fmt: skip
 
 
-def _frozen_names(model: torch.nn.Module) -> list[str]:
-    """Names of the frozen parameters and the buffers: what DDP is told to leave alone."""
-    frozen = [name for name, param in model.named_parameters() if not param.requires_grad]
-    return frozen + [name for name, _ in model.named_buffers()]
-
-
 def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
     """Check that the saved run is this one (its length aside with --resume_extend), then restore it."""
     state = saved.state
@@ -186,7 +181,8 @@ def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, finger
             f"--resume_extend: {args.resume} is at step {state.step} already and this run ends at step "
             f"{fingerprint['total_steps']}; pass a longer --max_train_steps or --max_train_epochs"
         )
-    ckpt.restore(saved, backbone, optimizer, generator)
+    # The files hold full tensors; under FSDP each process keeps its shard of them.
+    ckpt.restore(distributed.shard_saved_state(saved, backbone, optimizer), backbone, optimizer, generator)
     state.fingerprint = fingerprint  # later states carry the new length
     return state
 
@@ -211,8 +207,8 @@ def train(args) -> Path:
                 window["wait"] += time.perf_counter() - waited
                 group = (state.batches_done, run.batches_per_rank, args.gradient_accumulation_steps)
                 steps = acc.ends_group(*group)
-                # Under DDP, gradients are averaged across processes on the last backward of a group only.
-                with contextlib.nullcontext() if steps else accelerator.no_sync(run.model):
+                # Gradients are averaged across processes (DDP, FSDP) on the last backward of a group only.
+                with contextlib.nullcontext() if steps else distributed.no_sync(accelerator, run.model):
                     loss, parts, inputs = _forward_backward(run, batch, acc.group_size(*group))
                 _check_finite(loss, state, batch, last_saved)
                 _collect(window, loss, parts, inputs)
@@ -329,12 +325,13 @@ def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
     path = ckpt.lora_path(output_dir, name, step)
     backbone = accelerator.unwrap_model(run.model).backbone
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        dtype = STORAGE_DTYPES[args.save_precision]
-        run.network_module.save_lora(path, backbone, run.spec, _lora_metadata(run), dtype)
-    if args.save_state and not name_suffix:
-        _save_state(run, backbone)
+    with distributed.full_trainable(backbone):  # FSDP: every rank gathers the full LoRA; rank 0 writes it
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            dtype = STORAGE_DTYPES[args.save_precision]
+            run.network_module.save_lora(path, backbone, run.spec, _lora_metadata(run), dtype)
+        if args.save_state and not name_suffix:
+            _save_state(run, backbone)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and step is not None and not name_suffix:
         ckpt.keep_last(output_dir, args.output_name, args.save_last_n_checkpoints)
@@ -344,10 +341,11 @@ def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
 def _save_state(run: Run, backbone) -> None:
     """state-stepNNNNNN/ of the current step: written under a temporary name, renamed once every rank's files are in."""
     accelerator, output_dir, step = run.accelerator, run.args.output_dir, run.state.step
+    optimizer_state = distributed.full_optimizer_state(run.optimizer)  # every rank: FSDP gathers it
     if accelerator.is_main_process:
         partial = ckpt.start_state_folder(output_dir, step)
         ckpt.save_trainable(partial, backbone)
-        ckpt.save_optimizer(partial, run.optimizer)
+        ckpt.save_optimizer(partial, optimizer_state)
         ckpt.write_state(partial, run.state)
     accelerator.wait_for_everyone()
     ckpt.save_rng(ckpt.partial_state_dir(output_dir, step), accelerator.process_index, run.generator)
