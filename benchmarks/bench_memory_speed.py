@@ -224,6 +224,24 @@ def cpu_ratios(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def compile_recompiles(device: torch.device, dtype: torch.dtype, text_tokens: int) -> str:
+    """Graphs `--compile` makes over three bucket shapes (video mode, grad on), with the eager backend: the count is
+    the backend's to keep, the graph capture is what this checks (inductor on a CPU takes minutes per graph)."""
+    import torch._dynamo
+
+    from ltx2_tuner.models.compile import compile_counts
+
+    torch._dynamo.reset()
+    model, _ = build_model(Case("bench", "video", 9, 128, 192, False), device, dtype)
+    model.compile_blocks(backend="eager")
+    seen = []
+    for frames, height, width in ((9, 128, 192), (17, 128, 128), (9, 192, 256)):
+        video, _ = make_inputs(model, Case("bench", "video", frames, height, width, False), device, dtype, text_tokens)
+        model(video, None)[0].float().square().mean().backward()
+        seen.append(json.dumps(compile_counts()))
+    return f"--compile: graphs after each of 3 bucket shapes (16 blocks each): {' -> '.join(seen)}"
+
+
 def run_in_subprocess(case: Case, steps: int) -> dict:
     """One CPU case in a fresh process: resident memory of one case is only measurable alone."""
     command = [sys.executable, __file__, "--one_case", case.label, "--steps", str(steps)]
@@ -300,6 +318,7 @@ def main() -> int:
         print(f"appended {len(done)} rows to {PERFORMANCE_DOC}")
     if not cuda:
         print("\n" + "\n".join(cpu_ratios(results)))
+        print(compile_recompiles(device, dtype, text_tokens))
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 
