@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.train_network import main
 from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
+from ltx2_tuner.training import trainer
 
 COMMON = ("--ltx_mode", "av", "--max_train_steps", "4", "--learning_rate", "1e-3", "--lr_scheduler", "cosine",
           "--network_args", "preset=full", "--save_precision", "fp32")  # fmt: skip
@@ -60,8 +61,13 @@ def test_resumed_block_swap_run_equals_an_uninterrupted_one(plain_run, tmp_path)
     _assert_same_lora(plain_lora, tmp_path / "out" / "ltx2_lora.safetensors")
 
 
-def test_more_blocks_than_the_checkpoint_has_is_one_line(plain_run, tmp_path, capsys):
+def test_more_blocks_than_the_checkpoint_has_is_one_line_before_loading(plain_run, tmp_path, capsys, monkeypatch):
     checkpoint, config, _ = plain_run
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the count must be checked before the weights are loaded")
+
+    monkeypatch.setattr(trainer, "load_transformer", no_loading)
     assert _train(checkpoint, config, tmp_path / "out", "--blocks_to_swap", "3") == 2
     err = capsys.readouterr().err
     assert err == "error: --blocks_to_swap 3: this transformer has 2 blocks; pass 1 to 2\n"

@@ -40,6 +40,14 @@ from torch import nn
 from ltx2_tuner.errors import ConfigError
 
 
+def check_swap_count(num_blocks: int, num_swapped: int) -> None:
+    """One line when --blocks_to_swap asks for more blocks than the transformer has (or none)."""
+    if not 0 < num_swapped <= num_blocks:
+        raise ConfigError(
+            f"--blocks_to_swap {num_swapped}: this transformer has {num_blocks} blocks; pass 1 to {num_blocks}"
+        )
+
+
 def host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """The one host copy of a frozen tensor: pinned when CUDA is available (asynchronous uploads), else the CPU
     tensor itself (no second copy)."""
@@ -66,10 +74,7 @@ class BlockSwap:
     """Streams the frozen tensors of `blocks[-num_swapped:]` between host memory and `device`."""
 
     def __init__(self, blocks: Sequence[nn.Module], num_swapped: int, device: torch.device | str):
-        if not 0 < num_swapped <= len(blocks):
-            raise ConfigError(
-                f"--blocks_to_swap {num_swapped}: this transformer has {len(blocks)} blocks; pass 1 to {len(blocks)}"
-            )
+        check_swap_count(len(blocks), num_swapped)
         self.blocks = blocks
         self.device = torch.device(device)
         self.swapped = range(len(blocks) - num_swapped, len(blocks))

@@ -28,6 +28,9 @@ from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
 from ltx2_tuner.models import context_dims, load_transformer, read_checkpoint_info
+from ltx2_tuner.models.block_swap import check_swap_count
+from ltx2_tuner.models.checkpoint import CONFIG_SECTION
+from ltx2_tuner.models.configs import transformer_config
 from ltx2_tuner.models.fp8 import fp8_storage
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
@@ -94,6 +97,9 @@ def setup(args) -> Run:
     # Validate what can be validated before any process group or weights exist.
     info = read_checkpoint_info(args.ltx2_checkpoint)
     check_precision(info, args.mixed_precision)
+    if args.blocks_to_swap:  # before minutes of loading
+        num_blocks = transformer_config(info.configs[CONFIG_SECTION["transformer"]])["num_layers"]
+        check_swap_count(num_blocks, args.blocks_to_swap)
     datasets = load_dataset_config(args.dataset_config)
     # No gradient_accumulation_steps here: accelerate cannot see the end of our per-epoch DataLoader, so its counter
     # would let the last, smaller group of an epoch spill into the next one. The loop counts groups itself.
