@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny official-format checkpoints (LTX-2.0 and 2.3), written once per test session."""
+"""Shared fixtures: tiny official-format checkpoints (LTX-2.0, 2.3 and 2.5), written once per test session."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ _SEED = 1234
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, TinyCheckpoint]:
     from ltx2_tuner.testing.tiny_checkpoint import build_diffusers_modules, write_tiny_checkpoint
+    from ltx2_tuner.testing.tiny_configs import VERSIONS
 
     result = {}
-    for version in ("2.0", "2.3"):
+    for version in VERSIONS:
         out = tmp_path_factory.mktemp(f"tiny{version}")
         path = write_tiny_checkpoint(out, version, seed=_SEED)
         result[version] = TinyCheckpoint(version, path, build_diffusers_modules(version, seed=_SEED))

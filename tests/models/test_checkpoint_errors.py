@@ -57,18 +57,18 @@ def _cases(tiny, tmp_path):
             "split/ComfyUI component file",
         ),
         (
+            _variant(tiny, tmp_path, "ltx26.safetensors", metadata_edit=lambda m: m.update(model_version="2.6.0")),
+            "newer than this ltx2-tuner knows",
+        ),
+        (
             _variant(
                 tiny,
                 tmp_path,
-                "split.safetensors",
+                "vae_without_tensors.safetensors",
                 lambda k: k.startswith("model."),
-                _edit_config(lambda c, m: [c.pop(s) for s in ("vae", "audio_vae", "vocoder")]),
+                _edit_config(lambda c, m: [c.pop(s) for s in ("transformer", "audio_vae", "vocoder")]),
             ),
-            "split (per-component) checkpoint",
-        ),
-        (
-            _variant(tiny, tmp_path, "ltx25.safetensors", metadata_edit=lambda m: m.update(model_version="2.5.0")),
-            "LTX-2.5",
+            "split/ComfyUI component file",
         ),
         (
             _variant(
@@ -131,19 +131,41 @@ def test_metadata_that_contradicts_the_weights(tiny, tmp_path):
         load_component(path, "transformer")
 
 
-@pytest.mark.parametrize(("model_version", "accepted"), [("2.3.rc1", True), ("2.4-rc2", False), ("2.5", False)])
-def test_pre_release_version_strings(tiny_checkpoints, tmp_path, model_version, accepted):
+@pytest.mark.parametrize(("model_version", "family"), [("2.3.rc1", "2.3"), ("2.4-rc2", "2.5"), ("2.5", "2.5")])
+def test_pre_release_version_strings(tiny_checkpoints, tmp_path, model_version, family):
+    """As ltx-core: from 2.4 on (pre-release builds included) the version string names the LTX 2.5 generation."""
     path = _variant(
         tiny_checkpoints["2.3"],
         tmp_path,
         "v.safetensors",
         metadata_edit=lambda m: m.update(model_version=model_version),
     )
-    if accepted:
-        assert read_checkpoint_info(path).version == "2.3"
-    else:
-        with pytest.raises(CheckpointError, match=r"LTX-2\.5"):
-            read_checkpoint_info(path)
+    assert read_checkpoint_info(path).version == family
+
+
+def test_a_2_5_version_string_on_a_2_0_transformer_is_refused(tiny_checkpoints, tmp_path):
+    path = _variant(
+        tiny_checkpoints["2.0"], tmp_path, "v.safetensors", metadata_edit=lambda m: m.update(model_version="2.5.0")
+    )
+    with pytest.raises(CheckpointError, match=r"LTX 2\.5\) but its `config` describes an LTX-2\.0 transformer"):
+        read_checkpoint_info(path)
+
+
+def test_a_transformer_only_file_is_a_split_pack_transformer(tiny, tmp_path):
+    """Today's ComfyUI-style transformer file with its `config` (transformer section only) is accepted; it holds
+    the transformer and the connectors, nothing else."""
+    path = _variant(
+        tiny,
+        tmp_path,
+        "split.safetensors",
+        lambda k: k.startswith("model."),
+        _edit_config(lambda c, m: [c.pop(s) for s in ("vae", "audio_vae", "vocoder")]),
+    )
+    info = read_checkpoint_info(path)
+    assert (info.kind, info.version) == ("transformer", tiny.version)
+    assert info.components == ("transformer", "text_connectors")
+    with pytest.raises(CheckpointError, match="has no video vae weights"):
+        info.require("video_vae")
 
 
 def test_truncated_tensor_data_is_reported_on_load(tiny, tmp_path):

@@ -1,9 +1,11 @@
-"""The official unified LTX-2 checkpoint: what is in it, which version it is, where each component's tensors are.
+"""Official LTX-2 checkpoint files: what is in one, which version it is, where each component's tensors are.
 
-An official file (`ltx-2-19b-dev.safetensors`, `ltx-2.3-22b-dev.safetensors`) holds the transformer, the text
-connectors and projections, the video VAE, the audio VAE and the vocoder, plus safetensors metadata: `config`
-(JSON with sections `transformer`, `vae`, `audio_vae`, `vocoder`, `scheduler`) and `model_version`.
-Facts: ../shared/reference/official-ltx-trainer.md §3.1-3.3.
+A unified file (`ltx-2-19b-dev.safetensors`, `ltx-2.3-22b-dev.safetensors`, `ltx-2.5-22b-dev.safetensors`) holds the
+transformer, the text connectors and projections, the video VAE, the audio VAE and the vocoder, plus safetensors
+metadata: `config` (JSON with sections `transformer`, `vae`, `audio_vae`, `vocoder`, `scheduler`) and `model_version`
+(LTX 2.5 adds `gemma_source_checkpoint`). A split pack has one file per role, each with its own `config` section;
+`models/model_files.py` puts a pack together.
+Facts: ../shared/reference/official-ltx-trainer.md §3.1-3.3, ltx-2.5-and-conditioning-modes.md A5-A6.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ from ltx2_tuner.models.key_maps import (
     VIDEO_VAE_KEYS,
     VOCODER_KEYS,
 )
-from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header
+from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header, rename_tensors
 
 COMPONENTS = ("transformer", "text_connectors", "video_vae", "audio_vae", "vocoder")
-SUPPORTED_VERSIONS = ("2.0", "2.3")
+SUPPORTED_VERSIONS = ("2.0", "2.3", "2.5")
 
 # Which metadata `config` section describes each component.
 CONFIG_SECTION = {
@@ -37,7 +39,10 @@ CONFIG_SECTION = {
     "vocoder": "vocoder",
 }
 
-_OFFICIAL_HINT = "pass the official unified checkpoint (e.g. ltx-2-19b-dev.safetensors or ltx-2.3-22b-dev.safetensors)"
+_OFFICIAL_HINT = (
+    "pass an official checkpoint (e.g. ltx-2.3-22b-dev.safetensors, or a split pack's "
+    "diffusion_models/ltx-2.5-22b-dev-transformer-bf16.safetensors)"
+)
 # Top-level names of diffusers-format LTX-2 component files (transformer, VAEs, connectors, vocoder).
 _DIFFUSERS_ROOTS = (
     "proj_in.",
@@ -74,12 +79,14 @@ class CheckpointInfo:
     """What `read_checkpoint_info` found. `configs` holds the official metadata sections, untranslated."""
 
     path: Path
-    version: str  # "2.0" or "2.3": the model family, which decides architecture variants
+    version: str  # "2.0", "2.3" or "2.5": the model family ("unknown" for a VAE file that does not say)
     model_version: str | None  # the metadata string as written, e.g. "2.3.0"
     components: tuple[str, ...]
     configs: dict[str, dict]
     tensor_names: dict[str, tuple[str, ...]] = field(repr=False)
     header: SafetensorsHeader = field(repr=False)
+    kind: str = "unified"  # or a split-pack file's role: "transformer", "video_vae", "audio_vae"
+    gemma_source: dict | None = None  # LTX 2.5: `gemma_source_checkpoint` ({"gemma_version": ...})
 
     def component_bytes(self, component: str) -> int:
         return sum(self.header.tensors[name].nbytes for name in self.tensor_names.get(component, ()))
@@ -120,15 +127,21 @@ def _prefixes_text(component: str) -> str:
 
 
 def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
-    """Open an official LTX-2 checkpoint lazily (header only) and describe it.
+    """Open an official LTX-2 checkpoint file lazily (header only) and describe it.
 
-    Raises CheckpointError, with the file, the problem and the fix, for anything that is not a complete official
-    LTX-2.0 / LTX-2.3 unified checkpoint.
+    Accepted: the unified file (every component), and the files of a split pack (ComfyUI folders): the transformer
+    (with the text connectors; `config` has only `transformer`), the video VAE (bare `encoder.*`, `decoder.*`,
+    `per_channel_statistics.*`, seen here under the unified file's `vae.` names) and the audio VAE + vocoder.
+    Raises CheckpointError, with the file, the problem and the fix, for anything else.
     """
     path = Path(path)
     if path.is_dir() and ((path / "model_index.json").exists() or (path / "transformer").is_dir()):
         raise CheckpointError(f"{path}: is a diffusers-format model directory; {_OFFICIAL_HINT}")
     header = read_header(path)
+    config = _read_config(path, header)
+    kind = _file_kind(config)
+    if kind == "video_vae" and not any(name.startswith("vae.") for name in header.tensors):
+        header = rename_tensors(header, lambda name: f"vae.{name}" if name.startswith(_BARE_VAE_ROOTS) else name)
 
     tensor_names: dict[str, list[str]] = {}
     for name in header.tensors:
@@ -136,24 +149,15 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         if component is not None:
             tensor_names.setdefault(component, []).append(name)
 
-    raw_config = header.metadata.get("config")
-    if raw_config is None:
-        raise CheckpointError(_explain_missing_config(path, header, tensor_names))
-    try:
-        config = json.loads(raw_config)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: metadata `config` is not valid JSON; {_OFFICIAL_HINT}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("transformer"), dict):
-        raise CheckpointError(f"{path}: metadata `config` has no `transformer` section; {_OFFICIAL_HINT}")
-    if not any(section in config for section in ("vae", "audio_vae", "vocoder")):
-        raise CheckpointError(
-            f"{path}: is a split (per-component) checkpoint: its `config` describes only the transformer; "
-            f"{_OFFICIAL_HINT}"
-        )
-
     model_version = header.metadata.get("model_version")
-    version = _detect_version(path, config, model_version, header.metadata)
-    components = tuple(c for c in COMPONENTS if tensor_names.get(c))
+    gemma_source = _gemma_source(path, header.metadata)
+    if "transformer" in config:
+        version = _detect_version(path, config, model_version, gemma_source)
+    else:
+        version = _component_file_version(model_version)
+    components = tuple(c for c in COMPONENTS if tensor_names.get(c) and c in _KIND_COMPONENTS[kind])
+    if not components:
+        raise CheckpointError(_explain_missing_config(path, header, tensor_names))
     return CheckpointInfo(
         path=path,
         version=version,
@@ -162,7 +166,70 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
         configs={k: v for k, v in config.items() if isinstance(v, dict)},
         tensor_names={k: tuple(v) for k, v in tensor_names.items()},
         header=header,
+        kind=kind,
+        gemma_source=gemma_source,
     )
+
+
+def _read_config(path: Path, header: SafetensorsHeader) -> dict:
+    raw_config = header.metadata.get("config")
+    if raw_config is None:
+        tensor_names: dict[str, list[str]] = {}
+        for name in header.tensors:
+            if (component := component_of(name)) is not None:
+                tensor_names.setdefault(component, []).append(name)
+        raise CheckpointError(_explain_missing_config(path, header, tensor_names))
+    try:
+        config = json.loads(raw_config)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: metadata `config` is not valid JSON; {_OFFICIAL_HINT}") from None
+    if not isinstance(config, dict) or not any(isinstance(config.get(s), dict) for s in _FILE_KINDS_BY_SECTION):
+        raise CheckpointError(
+            f"{path}: metadata `config` has no `transformer`, `vae`, `audio_vae` or `vocoder` section; {_OFFICIAL_HINT}"
+        )
+    return config
+
+
+# The unified file has the transformer and a VAE section; a split pack has one file per role.
+_FILE_KINDS_BY_SECTION = {
+    "transformer": "transformer",
+    "vae": "video_vae",
+    "audio_vae": "audio_vae",
+    "vocoder": "audio_vae",
+}
+_KIND_COMPONENTS = {
+    "unified": COMPONENTS,
+    "transformer": ("transformer", "text_connectors"),
+    "video_vae": ("video_vae",),
+    "audio_vae": ("audio_vae", "vocoder"),
+}
+_BARE_VAE_ROOTS = ("encoder.", "decoder.", "per_channel_statistics.")
+
+
+def _file_kind(config: dict) -> str:
+    """ "unified", or the role of one split-pack file: "transformer", "video_vae" or "audio_vae"."""
+    sections = [section for section in _FILE_KINDS_BY_SECTION if isinstance(config.get(section), dict)]
+    if "transformer" in sections:
+        return "unified" if len(sections) > 1 else "transformer"
+    if "vae" in sections:
+        return "video_vae"
+    return "audio_vae"
+
+
+def _gemma_source(path: Path, metadata: dict[str, str]) -> dict | None:
+    """The `gemma_source_checkpoint` metadata (LTX 2.5: which Gemma the model was trained with), parsed."""
+    raw = metadata.get("gemma_source_checkpoint")
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"{path}: metadata `gemma_source_checkpoint` is not a JSON object; the file is damaged, download it again"
+        )
+    return value
 
 
 def _explain_missing_config(path: Path, header: SafetensorsHeader, tensor_names: dict[str, list[str]]) -> str:
@@ -190,22 +257,47 @@ def _parse_version(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _detect_version(path: Path, config: dict, model_version: str | None, metadata: dict[str, str]) -> str:
+def version_family(model_version: str | None) -> str | None:
+    """The model family a `model_version` string names ("2.0", "2.3", "2.5"), or None when it names none.
+
+    As ltx-core: from 2.4 on (pre-release builds included) it is the LTX 2.5 generation."""
+    parsed = _parse_version(model_version) if model_version else None
+    if parsed is None or parsed[0] != 2:
+        return None
+    if parsed >= (2, 4):
+        return "2.5"
+    return "2.3" if parsed >= (2, 3) else "2.0"
+
+
+def _component_file_version(model_version: str | None) -> str:
+    # VAE files carry no architecture that tells the family apart; "unknown" files take the transformer's.
+    return version_family(model_version) or "unknown"
+
+
+def _detect_version(path: Path, config: dict, model_version: str | None, gemma_source: dict | None) -> str:
     transformer = config["transformer"]
     parsed = _parse_version(model_version) if model_version else None
-    if (parsed and parsed >= (2, 4)) or "gemma_source_checkpoint" in metadata:
+    if parsed and parsed >= (2, 6):
         raise CheckpointError(
-            f"{path}: is LTX-2.5 (model_version {model_version}), which ltx2-tuner does not support yet; "
-            "use an LTX-2 (19B) or LTX-2.3 (22B) checkpoint"
+            f"{path}: is LTX {model_version}, newer than this ltx2-tuner knows (2.0, 2.3, 2.5); update "
+            "ltx2-tuner or use an LTX 2.0 / 2.3 / 2.5 checkpoint"
         )
     if (parsed and parsed[0] < 2) or "audio_num_attention_heads" not in transformer:
         raise CheckpointError(
             f"{path}: is an LTX-Video 0.9 checkpoint (no audio stream; model_version {model_version}); "
-            "ltx2-tuner trains LTX-2 and LTX-2.3 only"
+            "ltx2-tuner trains LTX-2, LTX-2.3 and LTX 2.5 only"
         )
-    # The architecture, not the version string, decides: LTX-2.3 moved the caption projection before the
-    # connectors and added prompt AdaLN and gated attention.
+    # The architecture, not the version string, decides 2.0 vs 2.3: LTX-2.3 moved the caption projection before the
+    # connectors and added prompt AdaLN and gated attention. LTX 2.5 keeps that architecture and says so in its
+    # metadata (model_version 2.4+ and the Gemma it was trained with).
     is_2_3 = bool(transformer.get("caption_proj_before_connector") or transformer.get("cross_attention_adaln"))
+    if version_family(model_version) == "2.5" or gemma_source is not None:
+        if not is_2_3:
+            raise CheckpointError(
+                f"{path}: model_version says {model_version} (LTX 2.5) but its `config` describes an LTX-2.0 "
+                "transformer; the metadata is inconsistent, download the checkpoint again"
+            )
+        return "2.5"
     version = "2.3" if is_2_3 else "2.0"
     if parsed and parsed == (2, 3) and version != "2.3":
         raise CheckpointError(

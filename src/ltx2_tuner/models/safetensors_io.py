@@ -10,6 +10,8 @@ Here the peak stays near one copy in every case, and the weights do not depend o
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import struct
@@ -45,6 +47,7 @@ class TensorEntry:
     shape: tuple[int, ...]
     start: int  # absolute byte offset in the file
     end: int
+    file: Path | None = None  # set in a merged header (`merge_headers`): the file this tensor lives in
 
     @property
     def nbytes(self) -> int:
@@ -113,16 +116,21 @@ def read_tensors(
 
     Floating-point tensors are cast to `dtype` when it is given; the uncast buffer is dropped right away.
     """
-    with header.path.open("rb", buffering=0) as f:
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, object] = {}
         for name in names:
             entry = header.tensors[name]
+            path = entry.file or header.path
+            if path not in handles:
+                handles[path] = stack.enter_context(path.open("rb", buffering=0))
+            f = handles[path]
             torch_dtype = _DTYPES.get(entry.dtype)
             if torch_dtype is None:
-                raise CheckpointError(f"{header.path}: tensor {name} has unsupported dtype {entry.dtype}")
+                raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {entry.dtype}")
             buffer = bytearray(entry.nbytes)
             f.seek(entry.start)
             if f.readinto(buffer) != entry.nbytes:
-                raise CheckpointError(f"{header.path}: file is truncated inside tensor {name}; download it again")
+                raise CheckpointError(f"{path}: file is truncated inside tensor {name}; download it again")
             if entry.nbytes:
                 tensor = torch.frombuffer(buffer, dtype=torch_dtype).reshape(entry.shape)
             else:
@@ -130,6 +138,22 @@ def read_tensors(
             if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
                 tensor = tensor.to(dtype)
             yield name, tensor
+
+
+def merge_headers(primary: SafetensorsHeader, other: SafetensorsHeader, names: Iterable[str]) -> SafetensorsHeader:
+    """`primary` plus `names` of `other` (a split pack keeps the text projections in the text encoder's file), read
+    from their own file by `read_tensors`. Path and metadata stay `primary`'s; the header bytes are both files' (so a
+    fingerprint of the merged view changes when either file does)."""
+    tensors = dict(primary.tensors)
+    for name in names:
+        entry = other.tensors[name]
+        tensors[name] = dataclasses.replace(entry, file=entry.file or other.path)
+    return dataclasses.replace(primary, tensors=tensors, header_bytes=primary.header_bytes + other.header_bytes)
+
+
+def rename_tensors(header: SafetensorsHeader, rename) -> SafetensorsHeader:
+    """The same file seen under other tensor names (`rename(name) -> new name`)."""
+    return dataclasses.replace(header, tensors={rename(name): entry for name, entry in header.tensors.items()})
 
 
 def save_atomically(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:

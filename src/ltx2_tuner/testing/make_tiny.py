@@ -12,13 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from ltx2_tuner.testing.tiny_configs import SIZES
+from ltx2_tuner.testing.tiny_configs import SIZES, VERSIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ltx2_tuner.testing.make_tiny", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
-    parser.add_argument("--version", required=True, choices=("2.0", "2.3"), help="LTX-2 model family to imitate")
+    parser.add_argument("--version", required=True, choices=VERSIONS, help="LTX-2 model family to imitate")
     parser.add_argument(
         "--size",
         default="tiny",

@@ -21,7 +21,9 @@ from ltx2_tuner.models.loading import KEY_MAPS, construct_module
 from ltx2_tuner.models.safetensors_io import save_atomically
 from ltx2_tuner.testing.tiny_configs import official_config, tensor_shape_hints
 
-MODEL_VERSIONS = {"2.0": "2.0.0", "2.3": "2.3.0"}
+MODEL_VERSIONS = {"2.0": "2.0.0", "2.3": "2.3.0", "2.5": "2.5.0"}
+# LTX 2.5 names the Gemma it was trained with; the text encoder's config must carry the same `gemma_version`.
+GEMMA_VERSION_2_5 = "gemma4-12b-ltx-v1"
 CHECKPOINT_NAME = "ltx2_tiny.safetensors"
 
 
@@ -88,10 +90,19 @@ def write_tiny_checkpoint(
     del modules
     if fp8:
         tensors = _quantize_official(tensors)
-    metadata = {"config": json.dumps(official_config(version, size)), "model_version": MODEL_VERSIONS[version]}
+    metadata = checkpoint_metadata(version, official_config(version, size))
     path = Path(path) if path is not None else Path(out_dir) / CHECKPOINT_NAME
     save_atomically(tensors, path, metadata)
     return path
+
+
+def checkpoint_metadata(version: str, config: dict) -> dict[str, str]:
+    """The safetensors metadata of an official file of `version` with metadata `config`."""
+    metadata = {"config": json.dumps(config), "model_version": MODEL_VERSIONS[version]}
+    if version == "2.5":
+        source = {"ltx_version": MODEL_VERSIONS[version], "gemma_version": GEMMA_VERSION_2_5}
+        metadata["gemma_source_checkpoint"] = json.dumps(source)
+    return metadata
 
 
 def _quantize_official(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

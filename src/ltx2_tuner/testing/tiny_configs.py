@@ -1,4 +1,4 @@
-"""Official-schema metadata `config` for tiny and benchmark-sized LTX-2.0 / LTX-2.3 checkpoints.
+"""Official-schema metadata `config` for tiny and benchmark-sized LTX-2.0 / LTX-2.3 / LTX 2.5 checkpoints.
 
 Field names and fixed values follow the released checkpoints' metadata (see
 ../shared/reference/official-ltx-trainer.md §3.3); only widths, depths and channel counts are shrunk. The latent
@@ -12,6 +12,7 @@ import copy
 from ltx2_tuner.testing.tiny_gemma import TINY_GEMMA_HIDDEN_SIZE, TINY_GEMMA_NUM_LAYERS
 
 SIZES = ("tiny", "small", "bench")
+VERSIONS = ("2.0", "2.3", "2.5")
 # (heads, video head dim, audio head dim, layers). "small" is as wide as a latent token (128) so that its outputs
 # can reach any latent (training tests); "bench" gives a few hundred MB of fp32 transformer weights.
 _TRANSFORMER_DIMS = {"tiny": (2, 16, 8, 2), "small": (2, 64, 64, 2), "bench": (8, 64, 32, 16)}
@@ -91,13 +92,15 @@ def _transformer_section(version: str, size: str) -> dict:
             audio_connector_attention_head_dim=audio_head_dim,
             audio_connector_num_layers=2,
         )
+    if version == "2.5":  # the only transformer-level deltas from 2.3 (reference A2)
+        section.update(ff_bias=False, audio_ff_bias=True, use_keyframes_abs_pos_embedding=True)
     return section
 
 
 def official_config(version: str, size: str = "tiny") -> dict:
     """The metadata `config` (sections transformer, vae, audio_vae, vocoder, scheduler) of a small checkpoint."""
-    if version not in ("2.0", "2.3"):
-        raise ValueError(f"version must be '2.0' or '2.3', not {version!r}")
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, not {version!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, not {size!r}")
     return copy.deepcopy(
@@ -188,7 +191,7 @@ def _video_vae_section(version: str) -> dict:
         "normalize_latent_channels": False,
         "decoder_base_channels": 4,
     }
-    if version == "2.3":
+    if version != "2.0":
         section.update(encoder_base_channels=128, spatial_padding_mode="zeros")
     return section
 

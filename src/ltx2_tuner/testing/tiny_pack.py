@@ -1,0 +1,80 @@
+"""A tiny random model as a split pack, in the folders and per-file formats Lightricks ships LTX 2.5 in.
+
+    <root>/diffusion_models/ltx-2.5-tiny-dev-transformer.safetensors  model.diffusion_model.* (+ connectors);
+                                                                       config {transformer, scheduler}
+    <root>/text_encoders/gemma4-tiny-with-proj-ltx-2.5.safetensors     packed Gemma 4 + text_embedding_projection.*
+    <root>/vae/ltx-2.5-tiny-video-vae-conv.safetensors                 bare encoder.*, decoder.*,
+                                                                       per_channel_statistics.*; config {vae}
+    <root>/vae/ltx-2.5-tiny-audio-vae.safetensors                      audio_vae.*, vocoder.*; config {audio_vae, vocoder}
+
+Same weights as `write_tiny_checkpoint` with the same seed, so a pack and the unified file of one seed are the same
+model (tests compare them). Facts: ../shared/reference/ltx-2.5-and-conditioning-modes.md A5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ltx2_tuner.models.model_files import PROJECTION_PREFIX
+from ltx2_tuner.models.safetensors_io import save_atomically
+from ltx2_tuner.testing.tiny_checkpoint import build_diffusers_modules, checkpoint_metadata, official_state_dict
+from ltx2_tuner.testing.tiny_configs import official_config
+
+_TRANSFORMER_PREFIX = "model.diffusion_model."
+
+
+@dataclass(frozen=True)
+class TinyPack:
+    root: Path
+    transformer: Path
+    text_encoder: Path | None
+    video_vae: Path
+    audio_vae: Path
+
+
+def write_tiny_pack(root: str | Path, version: str = "2.5", seed: int = 0, text_encoder: bool = True) -> TinyPack:
+    """Write the split files of a tiny `version` model under `root` and return their paths.
+
+    text_encoder: write the packed Gemma 4 with the projections (LTX 2.5); without it (or for 2.0/2.3, whose text
+    encoder is a Gemma 3 directory) the projections stay in the transformer file."""
+    root = Path(root)
+    config = official_config(version)
+    tensors = official_state_dict(build_diffusers_modules(version, seed=seed))
+    packed_gemma = text_encoder and version == "2.5"
+    projections = {k: v for k, v in tensors.items() if k.startswith(PROJECTION_PREFIX)}
+    stem = f"ltx-{version}-tiny"
+
+    def write(folder: str, name: str, part: dict[str, torch.Tensor], sections: tuple[str, ...]) -> Path:
+        metadata = checkpoint_metadata(version, {s: config[s] for s in sections})
+        if "transformer" not in sections:
+            metadata.pop("gemma_source_checkpoint", None)  # only the transformer names its Gemma
+        path = root / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(part, path, metadata)
+        return path
+
+    transformer = {
+        k: v for k, v in tensors.items() if k.startswith(_TRANSFORMER_PREFIX) or (k in projections and not packed_gemma)
+    }
+    video_vae = {k.removeprefix("vae."): v for k, v in tensors.items() if k.startswith("vae.")}
+    audio_vae = {k: v for k, v in tensors.items() if k.startswith(("audio_vae.", "vocoder."))}
+    pack = TinyPack(
+        root=root,
+        transformer=write(
+            "diffusion_models", f"{stem}-dev-transformer.safetensors", transformer, ("transformer", "scheduler")
+        ),
+        text_encoder=None,
+        video_vae=write("vae", f"{stem}-video-vae-conv.safetensors", video_vae, ("vae",)),
+        audio_vae=write("vae", f"{stem}-audio-vae.safetensors", audio_vae, ("audio_vae", "vocoder")),
+    )
+    if packed_gemma:
+        from ltx2_tuner.testing.tiny_gemma import write_tiny_gemma4_packed
+
+        path = root / "text_encoders" / f"gemma4-tiny-with-proj-ltx-{version}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tiny_gemma4_packed(path, projections, seed=seed)
+        pack = TinyPack(root, pack.transformer, path, pack.video_vae, pack.audio_vae)
+    return pack
