@@ -87,5 +87,31 @@ def with_help(flag: Flag, suffix: str) -> Flag:
 
 # Flags that several commands share.
 DATASET_CONFIG = Flag("dataset_config", Path, None, "dataset TOML (see docs/dataset-config.md)")
-LTX2_CHECKPOINT = Flag("ltx2_checkpoint", Path, None, "official LTX-2 / LTX-2.3 checkpoint (.safetensors)")
+LTX2_CHECKPOINT = Flag(
+    "ltx2_checkpoint",
+    Path,
+    None,
+    "official LTX-2 / LTX-2.3 / LTX 2.5 checkpoint (.safetensors): the unified file, or a split pack's "
+    "diffusion_models/*-transformer-*.safetensors",
+)
+VIDEO_VAE = Flag(
+    "video_vae",
+    Path,
+    None,
+    "file with the video VAE (default: the unified checkpoint, or the split pack's vae/*video-vae*; pass the "
+    "-conv- file for LTX 2.5's conv decoder)",
+)
+AUDIO_VAE = Flag(
+    "audio_vae",
+    Path,
+    None,
+    "file with the audio VAE and vocoder (default: the unified checkpoint, or the split pack's vae/*audio-vae*)",
+)
+TEXT_ENCODER = Flag(
+    "text_encoder",
+    Path,
+    None,
+    "Gemma text encoder: a Gemma 3 directory (LTX-2/2.3), or LTX 2.5's Gemma 4 as the packed file "
+    "(text_encoders/gemma4-*-with-proj-*.safetensors) or a directory (default: the split pack's own)",
+)
 LTX_MODE = Flag("ltx_mode", str, "video", "video, or av: audio and video", choices=("video", "av"))

@@ -312,3 +312,22 @@ def test_missing_and_undecodable_captions_stop_latent_caching_as_text_caching_do
     assert f"{tmp_path / 'clips' / 'clip_a.txt'}: caption file missing for clip_a.mp4" in err
     assert f"{tmp_path / 'stills' / 'photo.txt'}: not readable text" in err
     assert not (tmp_path / "cache").exists()  # stopped before any work
+
+
+def test_latent_caches_follow_the_encoder_not_the_file(tmp_path, capsys):
+    """A split pack's VAE files hold the unified file's encoders byte for byte: its caches are reused (LTX 2.5 keeps
+    LTX-2.3's encoder the same way)."""
+    from ltx2_tuner.testing.tiny_checkpoint import write_tiny_checkpoint
+    from ltx2_tuner.testing.tiny_pack import write_tiny_pack
+
+    unified = write_tiny_checkpoint(tmp_path / "unified", "2.5", seed=5)
+    pack = write_tiny_pack(tmp_path / "pack", "2.5", seed=5, text_encoder=False)
+    config = _dataset(tmp_path)
+    assert _cache(config, unified, "--ltx_mode", "av") == 0
+    capsys.readouterr()
+    assert _cache(config, pack.transformer, "--ltx_mode", "av", "--skip_existing") == 0
+    assert "0 cached, 5 reused" in capsys.readouterr().out
+    from ltx2_tuner.cache.store import read_fingerprint
+
+    fingerprint = read_fingerprint(next((tmp_path / "cache" / "clips").glob("*_ltx2.safetensors")))
+    assert fingerprint["checkpoint"]["version"] == "2.3"  # the latent space LTX 2.5 shares with 2.3

@@ -22,6 +22,7 @@ from ltx2_tuner.cache.store import fingerprint_from_metadata, source_stamp
 from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.data.items import list_media, read_caption
 from ltx2_tuner.errors import CacheError, CheckpointError, DatasetError
+from ltx2_tuner.models.model_files import latent_space
 from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header, read_tensors
 
 _WINDOW_KEY = re.compile(r"^(?P<stem>.+)_\d{5}-\d{3}$")
@@ -243,7 +244,8 @@ def _check_item(dataset, media, key, path, header, fingerprint, mode, model_vers
         problems.add(path, f"stale cache, {media.path} changed since it was cached", fix)
         return None
     cached_version = (fingerprint["checkpoint"] or {}).get("version")
-    if model_version and cached_version and cached_version != model_version:
+    # Latents are per latent space: LTX 2.5 trains on caches made with LTX-2.3's VAE (the same encoder).
+    if model_version and cached_version and cached_version != latent_space(model_version):
         problems.add(
             path,
             f"cached with an LTX-{cached_version} VAE but training uses LTX-{model_version}",

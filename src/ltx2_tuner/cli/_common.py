@@ -31,6 +31,12 @@ def add_dataset_flags(parser: argparse.ArgumentParser, checkpoint_required: bool
     add_flag(parser, LTX2_CHECKPOINT, required=checkpoint_required)
 
 
+def add_model_file_flags(parser: argparse.ArgumentParser, *flags) -> None:
+    """The split-pack file flags a command reads (VIDEO_VAE, AUDIO_VAE, TEXT_ENCODER from ltx2_tuner.flags)."""
+    for flag in flags:
+        add_flag(parser, flag)
+
+
 def add_mode_flag(parser: argparse.ArgumentParser, what_av_adds: str) -> None:
     add_flag(parser, with_help(LTX_MODE, f"; av also {what_av_adds}"))
 

@@ -15,15 +15,24 @@ import torch
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import AudioSource, LatentPlan, plan_latent_jobs, unusable_cache_files
 from ltx2_tuner.cache.store import remove_interrupted_writes
-from ltx2_tuner.cli._common import add_dataset_flags, add_device_flags, add_mode_flag, resolve_device, run
+from ltx2_tuner.cli._common import (
+    add_dataset_flags,
+    add_device_flags,
+    add_mode_flag,
+    add_model_file_flags,
+    resolve_device,
+    run,
+)
 from ltx2_tuner.dtypes import STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, MediaError
+from ltx2_tuner.flags import AUDIO_VAE, VIDEO_VAE
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltx2_cache_latents.py", description=__doc__.split("\n")[0])
     add_dataset_flags(parser, checkpoint_required=False)
-    parser.add_argument("--vae", type=Path, help="file with the video VAE (default: --ltx2_checkpoint)")
+    add_model_file_flags(parser, VIDEO_VAE, AUDIO_VAE)
+    parser.add_argument("--vae", type=Path, help="same as --video_vae (musubi's name)")
     parser.add_argument(
         "--vae_dtype", choices=tuple(STORAGE_DTYPES), default="bf16", help="video VAE precision (default bf16)"
     )
@@ -61,8 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_stamp(info, dtype: torch.dtype) -> dict:
-    return {"file": info.fingerprint, "version": info.version, "dtype": naming.dtype_name(dtype)}
+def _checkpoint_stamp(info, component: str, dtype: torch.dtype) -> dict:
+    # The encoder's bytes, not the file: a cache made with LTX-2.3's VAE serves LTX 2.5, whose encoder is the same.
+    from ltx2_tuner.models.model_files import encoder_fingerprint, latent_space
+
+    return {
+        "file": encoder_fingerprint(info, component),
+        "version": latent_space(info.version),
+        "dtype": naming.dtype_name(dtype),
+    }
+
+
+def _vae_files(args):
+    """(video VAE file, audio VAE file or None) as CheckpointInfos: from --ltx2_checkpoint and its pack, or from
+    --video_vae / --audio_vae alone."""
+    from ltx2_tuner.models import read_checkpoint_info
+    from ltx2_tuner.models.model_files import model_files
+
+    video_vae = args.video_vae or args.vae
+    if args.ltx2_checkpoint is not None:
+        files = model_files(args.ltx2_checkpoint, video_vae, args.audio_vae)
+        return files.video_vae(), files.audio_vae() if args.ltx_mode == "av" else None
+    if video_vae is None:
+        raise ConfigError("no checkpoint: pass --ltx2_checkpoint (or --video_vae) with the official .safetensors file")
+    video_info = read_checkpoint_info(video_vae)
+    video_info.require("video_vae")
+    if args.ltx_mode != "av":
+        return video_info, None
+    audio_info = read_checkpoint_info(args.audio_vae or video_vae)
+    audio_info.require("audio_vae")
+    return video_info, audio_info
 
 
 def _report_plan_problems(plan: LatentPlan, args) -> None:
@@ -85,12 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling, cache_latents
     from ltx2_tuner.data.config import load_dataset_config
     from ltx2_tuner.data.items import caption_problems, raise_caption_problems
-    from ltx2_tuner.models import read_checkpoint_info
 
     args = build_parser().parse_args(argv)
-    vae_path = args.vae or args.ltx2_checkpoint
-    if vae_path is None:
-        raise ConfigError("no checkpoint: pass --ltx2_checkpoint (or --vae) with the official .safetensors file")
     if args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
     tiling = VaeTiling(args.vae_tile_size, args.vae_tile_frames)  # checks the values before any work
@@ -99,19 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     # (whether an empty caption is allowed is the text cacher's --allow_empty_captions).
     raise_caption_problems(caption_problems(datasets, allow_empty=True))
     vae_dtype = STORAGE_DTYPES[args.vae_dtype]
-    video_info = read_checkpoint_info(vae_path)
-    video_info.require("video_vae")
-    audio_info = None
-    if args.ltx_mode == "av":
-        audio_info = read_checkpoint_info(args.ltx2_checkpoint or vae_path)
-        audio_info.require("audio_vae")
+    video_info, audio_info = _vae_files(args)
 
     audio_source = AudioSource(args.ltx2_audio_source, args.ltx2_audio_dir, args.ltx2_audio_ext)
     plan = plan_latent_jobs(
         datasets,
         args.ltx_mode,
-        _checkpoint_stamp(video_info, vae_dtype),
-        _checkpoint_stamp(audio_info, torch.float32) if audio_info else None,
+        _checkpoint_stamp(video_info, "video_vae", vae_dtype),
+        _checkpoint_stamp(audio_info, "audio_vae", torch.float32) if audio_info else None,
         audio_source,
     )
     _report_plan_problems(plan, args)
@@ -119,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         remove_interrupted_writes(dataset.cache_directory, (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX))
 
     device = resolve_device(args.device)
-    print(f"caching {len(plan.jobs)} item(s) with {vae_path.name} (LTX-{video_info.version}) on {device}", flush=True)
+    print(
+        f"caching {len(plan.jobs)} item(s) with {video_info.path.name} (LTX-{video_info.version}) on {device}",
+        flush=True,
+    )
     encoder = LatentEncoder(video_info, audio_info, device, vae_dtype, tiling)
     summary = cache_latents(plan.jobs, encoder, args.skip_existing, args.batch_size, args.num_workers, args.ltx_mode)
 

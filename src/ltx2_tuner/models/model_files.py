@@ -17,6 +17,7 @@ Lightricks' trainer resolves them lazily (`model_loader.py`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,34 @@ _LATENT_SPACES = {"2.0": "2.0", "2.3": "2.3", "2.5": "2.3"}
 def latent_space(version: str) -> str:
     """The latent space a model family's VAEs encode to ("2.0" or "2.3"; LTX 2.5 shares 2.3's)."""
     return _LATENT_SPACES.get(version, version)
+
+
+# What an encoder's output depends on: its weights and the latent statistics that normalize it.
+_ENCODER_PREFIXES = {
+    "video_vae": ("vae.encoder.", "vae.per_channel_statistics."),
+    "audio_vae": ("audio_vae.encoder.", "audio_vae.per_channel_statistics."),
+}
+
+
+def encoder_fingerprint(info: CheckpointInfo, component: str) -> str:
+    """A hash of the bytes of `component`'s encoder and latent statistics: the same for any file that encodes the
+    same latents (LTX 2.5's video VAE has 2.3's encoder), so latent caches survive a change of file. Reads the
+    encoder's tensors once (~1 s per GB)."""
+    prefixes = _ENCODER_PREFIXES[component]
+    digest = hashlib.sha256()
+    for name in sorted(n for n in info.tensor_names.get(component, ()) if n.startswith(prefixes)):
+        entry = info.header.tensors[name]
+        digest.update(f"{name}:{entry.dtype}:{entry.shape}".encode())
+        with (entry.file or info.header.path).open("rb") as f:
+            f.seek(entry.start)
+            remaining = entry.nbytes
+            while remaining:
+                chunk = f.read(min(remaining, 2**24))
+                if not chunk:
+                    raise CheckpointError(f"{info.path}: file is truncated inside tensor {name}; download it again")
+                digest.update(chunk)
+                remaining -= len(chunk)
+    return digest.hexdigest()[:16]
 
 
 @dataclass
