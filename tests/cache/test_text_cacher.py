@@ -206,7 +206,7 @@ def test_gemma_root_is_needed_only_for_stale_caches(tmp_path, tiny_checkpoints, 
     (tmp_path / "stills" / "fox.txt").write_text("a grey fox", encoding="utf-8")
     assert _cache(config, checkpoint, None, "--skip_existing") == 2
     assert capsys.readouterr().err.strip() == (
-        "error: 1 caption(s) need encoding; pass --gemma_root with the Gemma 3 directory (e.g. gemma-3-12b-it)"
+        "error: 1 caption(s) need encoding; pass --text_encoder with the Gemma 3 directory (e.g. gemma-3-12b-it)"
     )
 
 

@@ -186,7 +186,7 @@ def test_every_problem_is_reported_at_once_before_any_model_loads(tiny23, tmp_pa
     lines = _errors(capsys)
     assert lines[0] == "error: 4 problems with the flags:"
     assert [line.split(":")[0].strip() for line in lines[1:]] == [
-        "--gemma_root",
+        "--text_encoder",
         "--width 65",
         "--frames 4",
         "--lora_weight " + str(lora_file),
@@ -216,7 +216,7 @@ def test_prompt_sources_are_checked(tiny23, tmp_path, capsys):
     base = ["--ltx2_checkpoint", str(tiny23["checkpoint"]), "--output", str(tmp_path / "x.mp4")]
     assert run(main, [*base, "--prompt", PROMPT]) == 2
     (line,) = _errors(capsys)
-    assert line.startswith("error: --gemma_root: needed to encode --prompt; pass the Gemma 3 directory")
+    assert line.startswith("error: --text_encoder: needed to encode --prompt; pass the Gemma text encoder")
     assert run(main, [*base, "--prompt", PROMPT, "--gemma_root", str(tmp_path / "no_gemma")]) == 2
     (line,) = _errors(capsys)
     assert line.startswith(f"error: {tmp_path / 'no_gemma'}: Gemma directory not found")

@@ -22,6 +22,7 @@ from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.train_network import main
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import read_checkpoint_info
+from ltx2_tuner.models.model_files import model_files
 from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
 from ltx2_tuner.training import trainer
 from ltx2_tuner.training.config import parse_args
@@ -111,7 +112,7 @@ def test_the_i2v_request_carries_the_encoded_image(data):
     args = parse_args(["--dataset_config", str(data["config"]), "--ltx2_checkpoint", str(data["checkpoint"]),
                        "--sample_prompts", str(data["mixed"]), "--sample_at_first", "--sample_steps", "5"])  # fmt: skip
     info = read_checkpoint_info(data["checkpoint"])
-    runner = PreviewRunner.prepare(args, info, _MainProcess(), torch.float32)
+    runner = PreviewRunner.prepare(args, model_files(info), _MainProcess(), torch.float32)
     still, i2v = runner.request(0), runner.request(1)
     assert still.first_frame_latent is None and still.steps == i2v.steps == 5  # --sample_steps over the default
     assert still.audio_context is None and still.video_context.shape == (1, 1024, 32)  # video mode: no audio
@@ -187,7 +188,7 @@ def test_no_cache_and_no_gemma_is_one_line_before_the_model_loads(data, tmp_path
                   "--sample_every_n_steps", "1") == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert f"no sample prompt embeddings for {prompts}" in err and "pass --gemma_root" in err
+    assert f"no sample prompt embeddings for {prompts}" in err and "pass --text_encoder" in err
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import torch
 
-from ltx2_tuner.cli._common import add_dataset_flags, add_device_flags, add_mode_flag, resolve_device, run
+from ltx2_tuner.cli._common import (
+    add_dataset_flags,
+    add_device_flags,
+    add_mode_flag,
+    add_model_file_flags,
+    resolve_device,
+    run,
+)
 from ltx2_tuner.dtypes import COMPUTE_DTYPES
-from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.errors import CheckpointError, ConfigError
+from ltx2_tuner.flags import TEXT_ENCODER, with_help
 
 GEMMA_DTYPE = torch.bfloat16  # Gemma 3's own dtype, as the official trainer and diffusers' pipeline run it
 
@@ -28,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="file with the text connectors and projection, when --ltx2_checkpoint lacks them",
     )
-    parser.add_argument(
-        "--gemma_root",
-        type=Path,
-        help="local Gemma 3 directory (gemma-3-12b-it); not needed when --skip_existing finds every cache current",
+    add_model_file_flags(
+        parser,
+        with_help(TEXT_ENCODER, "; not needed when --skip_existing finds every cache current"),
     )
+    parser.add_argument("--gemma_root", type=Path, help="same as --text_encoder (a Gemma directory)")
     add_mode_flag(parser, "caches audio embeddings")
     parser.add_argument(
         "--mixed_precision",
@@ -81,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         plan_text_jobs,
     )
     from ltx2_tuner.data.config import load_dataset_config
-    from ltx2_tuner.models.text_embeddings import connector_checkpoint, connector_input, require_connector_weights
-    from ltx2_tuner.models.text_encoder import check_gemma_fits, check_offload, check_quantization, inspect_gemma
+    from ltx2_tuner.models.model_files import model_files
+    from ltx2_tuner.models.text_embeddings import check_text_encoder, connector_checkpoint, require_connector_weights
+    from ltx2_tuner.models.text_encoder import check_offload, check_quantization
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -97,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     check_offload(quantization, args.gemma_offload)
     check_quantization(quantization, device)
     datasets = load_dataset_config(args.dataset_config)
-    info = connector_checkpoint(args.ltx2_checkpoint, args.ltx2_text_encoder_checkpoint)
+    files = model_files(args.ltx2_checkpoint, text_encoder=args.text_encoder or args.gemma_root)
+    text_encoder = _text_encoder_path(files)
+    if args.ltx2_text_encoder_checkpoint:
+        info = connector_checkpoint(args.ltx2_checkpoint, args.ltx2_text_encoder_checkpoint)
+    else:
+        info = files.connectors()
     require_connector_weights(info, args.ltx_mode)
-    gemma = inspect_gemma(args.gemma_root) if args.gemma_root else None
-    if gemma is not None:
-        check_gemma_fits(gemma, *connector_input(info), info.path)
+    gemma = check_text_encoder(info, files.transformer, text_encoder, args.ltx_mode) if text_encoder else None
     prompts = samples.read_sample_prompts(args.sample_prompts) if args.sample_prompts else None
     jobs = plan_text_jobs(datasets, allow_empty=args.allow_empty_captions)
 
@@ -123,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         what = [f"{len(pending)} caption(s)"] if pending else []
         what += ["the sample prompts"] if sample_needed else []
         raise ConfigError(
-            f"{' and '.join(what)} need encoding; pass --gemma_root with the Gemma 3 directory (e.g. gemma-3-12b-it)"
+            f"{' and '.join(what)} need encoding; pass --text_encoder with "
+            f"{'the LTX Gemma 4' if files.version == '2.5' else 'the Gemma 3 directory (e.g. gemma-3-12b-it)'}"
         )
 
     summary = TextCacheSummary(reused=len(jobs) - len(pending))
@@ -150,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     for reason in summary.failed:
         print(f"  failed: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _text_encoder_path(files) -> Path | None:
+    """--text_encoder / --gemma_root, else a split pack's own text encoder, else None (every cache may be current)."""
+    try:
+        return files.text_encoder()
+    except CheckpointError:
+        return None
 
 
 def _load_encoder(

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ltx2_tuner.errors import CacheError, ConfigError, Ltx2TunerError
+from ltx2_tuner.errors import CacheError, CheckpointError, ConfigError, Ltx2TunerError
 
 DEFAULTS = {"width": 768, "height": 512, "frames": 121, "fps": 24.0, "seed": 42}
 
@@ -47,15 +47,18 @@ class Job:
 
 @dataclass(frozen=True)
 class Plan:
-    info: object  # models.CheckpointInfo
+    info: object  # models.CheckpointInfo: the transformer's file
     jobs: list[Job]
     loras: list[LoraWeight]
     gemma: object | None  # models.text_encoder.GemmaInfo; None: the prompts come from --prompt_cache
+    files: object = None  # models.model_files.ModelFiles: the VAE files, opened and checked
+    connectors: object = None  # models.CheckpointInfo of the text connectors (with Gemma only)
 
 
 def plan(args) -> Plan:
     """Check every flag, file and their fit to the checkpoint; ConfigError listing every problem, one line each."""
-    from ltx2_tuner.models import read_checkpoint_info
+    from ltx2_tuner.models.model_files import model_files
+    from ltx2_tuner.models.text_embeddings import check_text_encoder
 
     problems: list[str] = []
 
@@ -66,8 +69,12 @@ def plan(args) -> Plan:
             problems.append(str(error))
             return None
 
-    info = check(lambda: read_checkpoint_info(args.ltx2_checkpoint))
-    source_problems = _prompt_source_problems(args)
+    text_encoder = args.text_encoder or args.gemma_root
+    files = check(lambda: model_files(args.ltx2_checkpoint, args.video_vae, args.audio_vae, text_encoder))
+    info = files.transformer if files is not None else None
+    if files is not None and text_encoder is None and not args.prompt_cache:
+        text_encoder = _pack_text_encoder(files)
+    source_problems = _prompt_source_problems(args, text_encoder)
     problems += source_problems
     cached = check(lambda: _read_prompt_cache(args, info)) if args.prompt_cache and not source_problems else None
     jobs = _jobs(args, cached)
@@ -75,21 +82,32 @@ def plan(args) -> Plan:
         problems += _job_problems(job, args.ltx_mode)
     problems += _guidance_problems(args, info)
     loras = [lora for text in args.lora_weight if (lora := _lora_weight(text, problems)) is not None]
-    gemma = None
+    gemma = connectors = None
     if info is not None:
-        for component in ("video_vae", *(("audio_vae", "vocoder") if with_audio(args.ltx_mode, jobs) else ())):
-            check(lambda component=component: info.require(component))
-        if args.gemma_root and not args.prompt_cache:
-            gemma = check(
-                lambda: _check_gemma(args.gemma_root, info, "av" if with_audio(args.ltx_mode, jobs) else "video")
-            )
+        audio = with_audio(args.ltx_mode, jobs)
+        check(lambda: files.video_vae().require("video_vae"))
+        if audio:
+            check(lambda: [files.audio_vae().require(c) for c in ("audio_vae", "vocoder")])
+        if text_encoder and not args.prompt_cache:
+            connectors = check(files.connectors)
+            if connectors is not None:
+                mode = "av" if audio else "video"
+                gemma = check(lambda: check_text_encoder(connectors, info, text_encoder, mode))
         if loras:
             check(lambda: _check_loras_fit(info, args.ltx_mode, loras))
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{len(problems)} problems with the flags:\n" + "\n".join(f"  {p}" for p in problems))
-    return Plan(info, jobs, loras, gemma)
+    return Plan(info, jobs, loras, gemma, files, connectors)
+
+
+def _pack_text_encoder(files):
+    """A split pack's own text encoder, or None (the prompt-source check then says what to pass)."""
+    try:
+        return files.text_encoder()
+    except CheckpointError:
+        return None
 
 
 def guidance(job: Job, args, version: str):
@@ -110,9 +128,10 @@ def _given(**values) -> dict:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _prompt_source_problems(args) -> list[str]:
+def _prompt_source_problems(args, text_encoder) -> list[str]:
     if args.prompt_cache:
-        given = [flag for flag in ("prompt", "negative_prompt", "gemma_root") if getattr(args, flag) is not None]
+        flags = ("prompt", "negative_prompt", "text_encoder", "gemma_root")
+        given = [flag for flag in flags if getattr(args, flag) is not None]
         return [
             f"--{flag}: the prompts come from --prompt_cache {args.prompt_cache}; drop --{flag} or --prompt_cache"
             for flag in given
@@ -122,10 +141,11 @@ def _prompt_source_problems(args) -> list[str]:
         problems.append("--prompt_index: picks a prompt of --prompt_cache; add --prompt_cache or drop it")
     if not args.prompt:
         problems.append('--prompt: required (e.g. --prompt "a red fox runs through snow"), or pass --prompt_cache')
-    if args.gemma_root is None:
+    if text_encoder is None:
         problems.append(
-            "--gemma_root: needed to encode --prompt; pass the Gemma 3 directory (gemma-3-12b-it), or a "
-            "--prompt_cache written by ltx2_cache_text_encoder_outputs.py --sample_prompts"
+            "--text_encoder: needed to encode --prompt; pass the Gemma text encoder (gemma-3-12b-it for LTX-2/2.3, "
+            "the LTX Gemma 4 for 2.5), or a --prompt_cache written by ltx2_cache_text_encoder_outputs.py "
+            "--sample_prompts"
         )
     return problems
 
@@ -245,16 +265,6 @@ def _lora_weight(text: str, problems: list[str]) -> LoraWeight | None:
 def with_audio(mode: str, jobs: list[Job]) -> bool:
     """Whether any output has sound (the audio VAE, vocoder and audio embeddings are needed)."""
     return any(job.has_audio(mode) for job in jobs)
-
-
-def _check_gemma(gemma_root: Path, info, mode: str):
-    from ltx2_tuner.models.text_embeddings import connector_input, require_connector_weights
-    from ltx2_tuner.models.text_encoder import check_gemma_fits, inspect_gemma
-
-    require_connector_weights(info, mode)
-    gemma = inspect_gemma(gemma_root)
-    check_gemma_fits(gemma, *connector_input(info), info.path)
-    return gemma
 
 
 def _check_loras_fit(info, mode: str, loras: list[LoraWeight]) -> None:

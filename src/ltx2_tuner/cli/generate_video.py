@@ -23,17 +23,20 @@ import torch
 from ltx2_tuner.cli._common import resolve_device, run
 from ltx2_tuner.cli.generate_plan import DEFAULTS, Job, LoraWeight, Plan, guidance, plan, with_audio
 from ltx2_tuner.dtypes import COMPUTE_DTYPES
-from ltx2_tuner.flags import LTX2_CHECKPOINT, LTX_MODE, add_flag, with_help
+from ltx2_tuner.flags import AUDIO_VAE, LTX2_CHECKPOINT, LTX_MODE, TEXT_ENCODER, VIDEO_VAE, add_flag, with_help
 from ltx2_tuner.models.attention_backends import ATTENTION_BACKENDS, check_backend
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ltx2_generate_video.py", description=__doc__.split("\n")[0])
     add_flag(parser, LTX2_CHECKPOINT, required=True)
+    add_flag(parser, VIDEO_VAE)
+    add_flag(parser, AUDIO_VAE)
     text = parser.add_argument_group("prompt")
-    text.add_argument("--prompt", help="what to generate (needs --gemma_root)")
+    text.add_argument("--prompt", help="what to generate (needs --text_encoder)")
     text.add_argument("--negative_prompt", help="what to steer away from (default: the official negative prompt)")
-    text.add_argument("--gemma_root", type=Path, help="local Gemma 3 directory (gemma-3-12b-it) to encode the prompts")
+    add_flag(text, with_help(TEXT_ENCODER, "; encodes --prompt"))
+    text.add_argument("--gemma_root", type=Path, help="same as --text_encoder (its older name)")
     text.add_argument(
         "--prompt_cache",
         type=Path,
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     info, jobs = checked.info, checked.jobs
     print(f"{info.path.name}: LTX-{info.version}, --ltx_mode {args.ltx_mode}, {precision} on {device}", flush=True)
     contexts = _contexts(checked, args.ltx_mode, dtype, precision, device)
-    first_frames = _first_frames(jobs, info, device)
+    first_frames = _first_frames(jobs, checked.files.video_vae(), device)
     requests = [_request(job, contexts[i], first_frames[i], args, info.version, dtype) for i, job in enumerate(jobs)]
 
     from ltx2_tuner.models import load_transformer
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(sample(model, request, device=device, dtype=dtype, progress=True))
     del model  # the decoders get the device to themselves
     _release_memory()
-    _decode_and_write(jobs, results, info, device, dtype, args.vae_tiling)
+    _decode_and_write(jobs, results, checked.files, device, dtype, args.vae_tiling)
     return 0
 
 
@@ -134,7 +137,7 @@ def _contexts(checked: Plan, mode: str, dtype, precision: str, device) -> list[d
     from ltx2_tuner.models.text_encoder import load_gemma
 
     print(f"encoding the prompts with {gemma.root}", flush=True)
-    embedder = load_text_embedder(checked.info, "av" if with_audio(mode, jobs) else "video", dtype, device)
+    embedder = load_text_embedder(checked.connectors, "av" if with_audio(mode, jobs) else "video", dtype, device)
     # Gemma in its own bf16 (as the text cacher runs it), float32 with --mixed_precision no (CPU speed).
     encoder = load_gemma(gemma, torch.float32 if precision == "no" else torch.bfloat16, device)
     try:
@@ -218,7 +221,7 @@ def _merge_loras(model, loras: list[LoraWeight]) -> None:
         print(f"LoRA {lora.path.name}: {layers} layers merged at strength {lora.strength}", flush=True)
 
 
-def _decode_and_write(jobs, results, info, device, dtype, tiled: bool) -> None:
+def _decode_and_write(jobs, results, files, device, dtype, tiled: bool) -> None:
     from ltx2_tuner.sampling.decode import Decoders
     from ltx2_tuner.sampling.media_writers import write_media
 
@@ -226,7 +229,8 @@ def _decode_and_write(jobs, results, info, device, dtype, tiled: bool) -> None:
     # float32 on a CPU (bf16 convolutions crawl there); the compute dtype on a GPU, bf16 for fp16 (VAE overflow).
     decode_dtype = torch.float32 if device.type == "cpu" or dtype == torch.float32 else torch.bfloat16
     print("decoding", flush=True)
-    decoders = Decoders.load(info, with_audio=with_audio, dtype=decode_dtype)
+    audio_info = files.audio_vae() if with_audio else None
+    decoders = Decoders.load(files.video_vae(), with_audio=with_audio, dtype=decode_dtype, audio_info=audio_info)
     with decoders.on(device):
         for job, result in zip(jobs, results, strict=True):
             frames = decoders.decode_video(result.video_latents, tiled=tiled, seed=job.seed)

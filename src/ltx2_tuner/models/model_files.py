@@ -186,6 +186,32 @@ class ModelFiles:
         return candidates[0] if candidates else None
 
 
+def check_gemma_pair(transformer: CheckpointInfo, gemma) -> None:
+    """The text encoder is the one the transformer was trained with, as ltx-core checks it: a transformer that
+    names its Gemma (`gemma_source_checkpoint`, LTX 2.5) needs a Gemma config with the same `gemma_version`;
+    one that does not needs Gemma 3. `gemma` is a text_encoder.GemmaInfo."""
+    expected = (transformer.gemma_source or {}).get("gemma_version")
+    actual = getattr(gemma, "gemma_version", None)
+    family = getattr(gemma, "family", "gemma3")
+    found = f"Gemma 4 ({actual or 'no gemma_version'})" if family == "gemma4" else "Gemma 3"
+    hint = _TEXT_ENCODER_HINT.get(transformer.version, _TEXT_ENCODER_HINT["2.3"])
+    if expected is not None and actual != expected:
+        raise CheckpointError(
+            f"{gemma.root}: is {found}, but {transformer.path.name} (LTX-{transformer.version}) was trained with "
+            f"the text encoder {expected!r}; pass {hint} with {TEXT_ENCODER_FLAG}"
+        )
+    if expected is None and transformer.version == "2.5":
+        raise CheckpointError(
+            f"{transformer.path}: is LTX 2.5 (model_version {transformer.model_version}) but does not name its Gemma "
+            "(metadata `gemma_source_checkpoint`); the file is damaged or re-saved without metadata, download it again"
+        )
+    if expected is None and family != "gemma3":
+        raise CheckpointError(
+            f"{gemma.root}: is {found}, but {transformer.path.name} (LTX-{transformer.version}) was trained with "
+            f"Gemma 3; pass {hint}"
+        )
+
+
 _TEXT_ENCODER_HINT = {
     "2.0": "the Gemma 3 directory (gemma-3-12b-it)",
     "2.3": "the Gemma 3 directory (gemma-3-12b-it)",

@@ -93,6 +93,22 @@ def connector_checkpoint(
     )
 
 
+def check_text_encoder(connectors: CheckpointInfo, transformer: CheckpointInfo, text_encoder, mode: str):
+    """Cheap checks (headers and configs only) that `text_encoder` (a Gemma directory or packed file) and the
+    connectors can encode prompts for `transformer` in `mode`; return the text encoder's GemmaInfo."""
+    from ltx2_tuner.models.model_files import check_gemma_pair
+    from ltx2_tuner.models import text_encoder as te  # TEMP until inspect_text_encoder lands
+
+    check_gemma_fits = te.check_gemma_fits
+    inspect_text_encoder = getattr(te, "inspect_text_encoder", te.inspect_gemma)
+
+    require_connector_weights(connectors, mode)
+    gemma = inspect_text_encoder(text_encoder)
+    check_gemma_pair(transformer, gemma)
+    check_gemma_fits(gemma, *connector_input(connectors), connectors.path)
+    return gemma
+
+
 def _shapes(info: CheckpointInfo) -> dict[str, tuple[int, ...]]:
     return {name: info.header.tensors[name].shape for name in info.tensor_names.get("text_connectors", ())}
 

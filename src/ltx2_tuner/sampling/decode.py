@@ -65,16 +65,18 @@ class Decoders:
             module.eval().requires_grad_(False)
 
     @classmethod
-    def load(cls, info, with_audio: bool, dtype: torch.dtype = torch.float32) -> Decoders:
+    def load(cls, info, with_audio: bool, dtype: torch.dtype = torch.float32, audio_info=None) -> Decoders:
         """Load from a checkpoint (path or CheckpointInfo) onto the CPU: the video VAE decoder half in `dtype`;
-        with audio, the audio VAE decoder half and the vocoder in float32. Nothing else is read."""
+        with audio, the audio VAE decoder half and the vocoder in float32, from `audio_info` (a split pack's audio
+        VAE file) or else `info`. Nothing else is read."""
         from ltx2_tuner.models import load_audio_vae, load_video_vae, load_vocoder
 
         video_vae = load_video_vae(info, part="decoder", dtype=dtype, device="cpu")
         if not with_audio:
             return cls(video_vae)
-        audio_vae = load_audio_vae(info, part="decoder", dtype=torch.float32, device="cpu")
-        return cls(video_vae, audio_vae, load_vocoder(info, dtype=torch.float32, device="cpu"))
+        audio_info = info if audio_info is None else audio_info
+        audio_vae = load_audio_vae(audio_info, part="decoder", dtype=torch.float32, device="cpu")
+        return cls(video_vae, audio_vae, load_vocoder(audio_info, dtype=torch.float32, device="cpu"))
 
     @property
     def audio_sample_rate(self) -> int | None:

@@ -19,9 +19,12 @@ from ltx2_tuner.cache.sample_prompts import read_sample_prompts
 from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, DatasetError
 from ltx2_tuner.flags import (
+    AUDIO_VAE,
     DATASET_CONFIG,
     LTX2_CHECKPOINT,
     LTX_MODE,
+    TEXT_ENCODER,
+    VIDEO_VAE,
     Flag,
     above,
     add_flag,
@@ -50,24 +53,17 @@ def _flags() -> dict[str, list[Flag]]:
             with_help(DATASET_CONFIG, "; its caches must exist (required)"),
             with_help(LTX2_CHECKPOINT, " (required)"),
             with_help(LTX_MODE, "; video builds no audio stream, av trains an audio-video LoRA"),
-            Flag(
-                "gemma_root",
-                Path,
-                None,
-                "Gemma 3 directory; only for --sample_prompts previews whose prompt cache is missing or stale",
-            ),
+            with_help(TEXT_ENCODER, "; only for --sample_prompts previews whose prompt cache is missing or stale"),
+            Flag("gemma_root", Path, None, "same as --text_encoder (its older name)"),
+            with_help(VIDEO_VAE, "; previews only (decoding, and encoding their --i images)"),
+            with_help(AUDIO_VAE, "; AV previews only"),
             Flag(
                 "dit",
                 Path,
                 None,
                 "accepted for musubi compatibility and ignored (the DiT comes from --ltx2_checkpoint)",
             ),
-            Flag(
-                "vae",
-                Path,
-                None,
-                "accepted for musubi compatibility and ignored (the VAE comes from --ltx2_checkpoint)",
-            ),
+            Flag("vae", Path, None, "same as --video_vae (musubi's name)"),
             Flag(
                 "mixed_precision",
                 str,
@@ -214,7 +210,7 @@ def _flags() -> dict[str, list[Flag]]:
                 Path,
                 None,
                 "prompt file of the previews (one prompt per line, see docs/training.md); its text embeddings come "
-                "from {stem}_ltx2_sample_te.safetensors beside it, or are encoded at setup with --gemma_root",
+                "from {stem}_ltx2_sample_te.safetensors beside it, or are encoded at setup with --text_encoder",
             ),
             Flag("sample_every_n_steps", int, None, "write previews every N optimizer steps", bound=AT_LEAST_ONE),
             Flag(

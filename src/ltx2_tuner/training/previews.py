@@ -2,7 +2,7 @@
 mp4 (with AAC audio in AV mode; a png for a 1-frame prompt) and logged.
 
 Setup (`PreviewRunner.prepare`, before the transformer loads): the prompt embeddings come from the sample-prompt
-cache beside the prompt file; when it is missing or stale, Gemma (--gemma_root) and the connectors encode them and
+cache beside the prompt file; when it is missing or stale, Gemma (--text_encoder) and the connectors encode them and
 are freed before the transformer takes their memory. I2V images are encoded once with the video VAE encoder, which
 is freed too. The decoders (video VAE; audio VAE and vocoder in AV mode) wait on the CPU.
 
@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from ltx2_tuner.cache import sample_prompts as samples
-from ltx2_tuner.errors import CacheError, ConfigError
+from ltx2_tuner.errors import CacheError, CheckpointError, ConfigError
+from ltx2_tuner.models.text_embeddings import check_text_encoder
 from ltx2_tuner.sampling.decode import Decoders
 from ltx2_tuner.sampling.defaults import sampling_defaults
 from ltx2_tuner.sampling.media_writers import write_media
@@ -48,28 +49,38 @@ class PreviewRunner:
         self.last_step: int | None = None  # a step that ends an epoch too gets one set of previews
 
     @classmethod
-    def prepare(cls, args, info, accelerator, dtype: torch.dtype) -> PreviewRunner:
-        """Check on every process, then (main process) encode what needs encoding and load the decoders."""
+    def prepare(cls, args, files, accelerator, dtype: torch.dtype) -> PreviewRunner:
+        """Check on every process, then (main process) encode what needs encoding and load the decoders.
+
+        files: the model's `ModelFiles`; the text encoder and the VAE files are opened only when needed."""
+        info = files.transformer
         prompts_file: Path = args.sample_prompts
         embeds, stale = _cached_embeds(prompts_file, args.ltx_mode, info.version)
-        gemma = None
+        gemma = connectors = None
         if embeds is None:
-            if args.gemma_root is None:
-                raise ConfigError(f"{stale}; or pass --gemma_root (the Gemma 3 directory) to encode them at setup")
-            gemma = _check_encoder(args.gemma_root, info, args.ltx_mode)
+            try:
+                text_encoder = files.text_encoder()
+            except CheckpointError:
+                raise ConfigError(
+                    f"{stale}; or pass --text_encoder (the Gemma text encoder) to encode them at setup"
+                ) from None
+            connectors = files.connectors()
+            gemma = check_text_encoder(connectors, info, text_encoder, args.ltx_mode)
+        video_vae = files.video_vae()
+        audio_vae = files.audio_vae() if args.ltx_mode == "av" else None
         folder, name = args.output_dir / "sample", args.output_name
         if not accelerator.is_main_process:
             return cls(accelerator, info, args.ltx_mode, dtype, folder, name, [], [], None, args.sample_steps)
         device = accelerator.device
         if embeds is None:
             reason = stale.split("; run")[0]  # the cache's problem, without the command that would fix it
-            print(f"previews: {reason}; encoding the prompts with Gemma from {args.gemma_root}", flush=True)
-            embeds = _encode_prompts(prompts_file, gemma, info, args.ltx_mode, dtype, device)
-        first_frames = _encode_first_frames(info, [e.sample for e in embeds], device)
+            print(f"previews: {reason}; encoding the prompts with Gemma from {gemma.root}", flush=True)
+            embeds = _encode_prompts(prompts_file, gemma, connectors, args.ltx_mode, dtype, device)
+        first_frames = _encode_first_frames(video_vae, [e.sample for e in embeds], device)
         # The video decoder in bf16 on a GPU when training in bf16 (as the official validation), else fp32 (CPU
         # convolutions in bf16 are ~100x slower; fp16 may overflow in the VAE).
         vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else torch.float32
-        decoders = Decoders.load(info, with_audio=args.ltx_mode == "av", dtype=vae_dtype)
+        decoders = Decoders.load(video_vae, with_audio=audio_vae is not None, dtype=vae_dtype, audio_info=audio_vae)
         return cls(accelerator, info, args.ltx_mode, dtype, folder, name, embeds, first_frames, decoders,
                    args.sample_steps)  # fmt: skip
 
@@ -145,17 +156,6 @@ def _cached_embeds(prompts_file: Path, mode: str, version: str) -> tuple[list | 
         return samples.load_sample_prompt_cache(path, prompts_file, mode=mode, version=version), None
     except CacheError as error:
         return None, str(error)
-
-
-def _check_encoder(gemma_root: Path, info, mode: str):
-    """Gemma and the connectors are usable (cheap header checks, before anything loads); return Gemma's info."""
-    from ltx2_tuner.models.text_embeddings import connector_input, require_connector_weights
-    from ltx2_tuner.models.text_encoder import check_gemma_fits, inspect_gemma
-
-    require_connector_weights(info, mode)
-    gemma = inspect_gemma(gemma_root)
-    check_gemma_fits(gemma, *connector_input(info), info.path)
-    return gemma
 
 
 def _encode_prompts(prompts_file: Path, gemma, info, mode: str, dtype: torch.dtype, device: torch.device) -> list:

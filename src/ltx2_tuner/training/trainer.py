@@ -27,11 +27,12 @@ from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
-from ltx2_tuner.models import context_dims, load_transformer, read_checkpoint_info
+from ltx2_tuner.models import context_dims, load_transformer
 from ltx2_tuner.models.block_swap import check_swap_count
 from ltx2_tuner.models.checkpoint import CONFIG_SECTION
 from ltx2_tuner.models.configs import transformer_config
 from ltx2_tuner.models.fp8 import fp8_storage
+from ltx2_tuner.models.model_files import model_files
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training import distributed
@@ -95,7 +96,10 @@ def check_precision(info, mixed_precision: str) -> None:
 def setup(args) -> Run:
     """Everything before the loop, in dependency order: process group, data, model, network, optimizer, state."""
     # Validate what can be validated before any process group or weights exist.
-    info = read_checkpoint_info(args.ltx2_checkpoint)
+    files = model_files(
+        args.ltx2_checkpoint, args.video_vae or args.vae, args.audio_vae, args.text_encoder or args.gemma_root
+    )
+    info = files.transformer
     check_precision(info, args.mixed_precision)
     if args.blocks_to_swap:  # before minutes of loading
         num_blocks = transformer_config(info.configs[CONFIG_SECTION["transformer"]])["num_layers"]
@@ -115,9 +119,8 @@ def setup(args) -> Run:
     saved = ckpt.read_saved_state(args.resume, rank, world) if args.resume else None
     generator = torch.Generator().manual_seed(args.seed + rank)  # each rank draws its own noise and sigmas
     torch.manual_seed(args.seed + rank)
-    for ignored in ("dit", "vae"):
-        if getattr(args, ignored) is not None and accelerator.is_main_process:
-            print(f"warning: --{ignored} is ignored; every model part comes from --ltx2_checkpoint")
+    if args.dit is not None and accelerator.is_main_process:
+        print("warning: --dit is ignored; the transformer comes from --ltx2_checkpoint")
 
     weight_dtype = COMPUTE_DTYPES[args.mixed_precision]
     # Previews encode their prompts (with Gemma, when their cache is stale) and I2V images now, before the transformer
@@ -126,7 +129,7 @@ def setup(args) -> Run:
     if args.sample_prompts:
         from ltx2_tuner.training.previews import PreviewRunner  # imports the sampler and decoders: only when needed
 
-        previews = PreviewRunner.prepare(args, info, accelerator, weight_dtype)
+        previews = PreviewRunner.prepare(args, files, accelerator, weight_dtype)
     # With --blocks_to_swap the model loads on the CPU: enable_block_swap moves all but the swapped weights.
     model = load_transformer(
         info, args.ltx_mode, dtype=weight_dtype, device="cpu" if args.blocks_to_swap else accelerator.device,
