@@ -110,8 +110,10 @@ def test_official_defaults_per_version():
     assert v20.audio == GuidanceParams(cfg=7.0, stg=1.0, rescale=0.7, modality=3.0, stg_blocks=(29,))
     assert v23.video.stg_blocks == v23.audio.stg_blocks == (28,)
     assert (v23.video.cfg, v23.audio.cfg) == (3.0, 7.0)
-    with pytest.raises(ConfigError, match=r"LTX-2\.5"):
-        sampling_defaults("2.5")
+    # ltx-pipelines' LTX_2_4_PARAMS: "2.4 continues the 2.3 lineage" (only the image CRF moves).
+    assert sampling_defaults("2.5") == v23
+    with pytest.raises(ConfigError, match=r"LTX-2\.6"):
+        sampling_defaults("2.6")
 
 
 def test_negative_prompt_is_the_one_definition():

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--output", type=Path, help="mp4 (or png) to write (default: outputs/ltx2_<time>.mp4)")
     size.add_argument("--vae_tiling", action="store_true", help="decode in overlapping tiles (less memory)")
     sampling = parser.add_argument_group("sampling (defaults: the official ones of the checkpoint's version)")
-    sampling.add_argument("--steps", type=int, help="denoising steps (default: 40 on LTX-2.0, 30 on LTX-2.3)")
+    sampling.add_argument("--steps", type=int, help="denoising steps (default: 40 on LTX-2.0, 30 on LTX-2.3 and 2.5)")
     for name, what in (
         ("cfg_scale", "video classifier-free guidance (default 3; 1 = off)"),
         ("audio_cfg_scale", "audio classifier-free guidance (default 7; 1 = off)"),

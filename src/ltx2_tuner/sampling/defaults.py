@@ -1,8 +1,9 @@
 """Guidance settings and the official per-version sampling defaults.
 
-Values from ltx-pipelines' `utils/constants.py` (facts: ../shared/reference/official-ltx-trainer.md §1.11): LTX-2.0
-40 steps with STG on block 29, LTX-2.3 30 steps with STG on block 28; both CFG 3 (video) / 7 (audio), STG 1.0,
-rescale 0.7, modality guidance 3.0. The negative prompt is the official trainer's, defined once in
+Values from ltx-pipelines' `utils/constants.py` (facts: ../shared/reference/official-ltx-trainer.md §1.11,
+ltx-2.5-and-conditioning-modes.md A7): LTX-2.0 40 steps with STG on block 29; LTX-2.3 and LTX 2.5 (`LTX_2_4_PARAMS`,
+"2.4 continues the 2.3 lineage") 30 steps with STG on block 28; all CFG 3 (video) / 7 (audio), STG 1.0, rescale 0.7,
+modality guidance 3.0. The negative prompt is the official trainer's, defined once in
 cache/sample_prompts.py (the lowest layer that needs it).
 """
 
@@ -39,11 +40,11 @@ class SamplingDefaults:
     audio: GuidanceParams
 
 
-_STEPS_AND_STG_BLOCK = {"2.0": (40, 29), "2.3": (30, 28)}
+_STEPS_AND_STG_BLOCK = {"2.0": (40, 29), "2.3": (30, 28), "2.5": (30, 28)}
 
 
 def sampling_defaults(version: str) -> SamplingDefaults:
-    """The official pipelines' defaults for a checkpoint version ("2.0" or "2.3")."""
+    """The official pipelines' defaults for a checkpoint version ("2.0", "2.3" or "2.5")."""
     if version not in _STEPS_AND_STG_BLOCK:
         raise ConfigError(
             f"no sampling defaults for LTX-{version}; supported versions: {', '.join(_STEPS_AND_STG_BLOCK)}"

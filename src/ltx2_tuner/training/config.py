@@ -222,7 +222,7 @@ def _flags() -> dict[str, list[Flag]]:
                 int,
                 None,
                 "denoising steps of every preview (default: each prompt's --s, else the model's: 40 on LTX-2.0, "
-                "30 on LTX-2.3)",
+                "30 on LTX-2.3 and 2.5)",
                 bound=AT_LEAST_ONE,
             ),
         ],
