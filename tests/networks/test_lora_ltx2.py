@@ -265,3 +265,28 @@ def test_a_lower_rank_file_loads_exactly_and_its_extra_ranks_can_learn(tiny_chec
     rank8(video)[0].pow(2).mean().backward()
     up = dict(rank8.backbone.named_modules())["transformer_blocks.0.attn1.to_q"].lora_B["default"].weight
     assert torch.all(up[:, 4:] == 0) and up.grad[:, 4:].abs().sum() > 0
+
+
+def test_a_2_3_lora_loads_on_2_5_and_the_reverse_is_warned(tiny_checkpoints, tmp_path):
+    """LTX 2.5 continues the 2.3 lineage: a 2.3 LoRA fits every layer of 2.5 and loads without a word; a 2.5 LoRA
+    on 2.3 loads too (ltx-core fuses whatever matches, silently), with a warning naming both versions."""
+    from ltx2_tuner.networks.lora_files import VERSION_KEY, lora_version_warning
+    from ltx2_tuner.networks.lora_merge import merge_lora
+
+    model, spec, _ = _network(tiny_checkpoints["2.3"].path, mode="av", args=["preset=full"])
+    path = tmp_path / "lora_23.safetensors"
+    lora.save_lora(path, model.backbone, spec, {VERSION_KEY: "2.3"}, dtype=torch.float32)
+    assert lora_version_warning(path, "2.5") is None and lora_version_warning(path, "2.3") is None
+
+    target = load_transformer(tiny_checkpoints["2.5"].path, mode="av")
+    target_spec = lora.LoraSpec(4, 8.0, 0.0, lora.select_targets(target.backbone, "av", ["preset=full"]))
+    lora.add_lora(target.backbone, target_spec)
+    assert lora.load_lora_weights(path, target.backbone) == len(_lora_weights(model.backbone)) // 2
+    assert _lora_weights(target.backbone).keys() == _lora_weights(model.backbone).keys()
+    assert merge_lora(load_transformer(tiny_checkpoints["2.5"].path, mode="av").backbone, path, 1.0) > 0
+
+    reverse = tmp_path / "lora_25.safetensors"
+    lora.save_lora(reverse, model.backbone, spec, {VERSION_KEY: "2.5"}, dtype=torch.float32)
+    warning = lora_version_warning(reverse, "2.3")
+    assert warning.startswith(f"{reverse}: was trained on LTX-2.5 and is applied to LTX-2.3")
+    assert "2.0" in lora_version_warning(path, "2.0")

@@ -108,6 +108,7 @@ def test_saved_files_keep_the_last_n_and_carry_metadata(tiny_checkpoints, tmp_pa
         metadata, dtype = f.metadata(), f.get_tensor(next(iter(f.keys()))).dtype
     assert dtype == torch.bfloat16  # --save_precision bf16 by default
     assert metadata["lora_rank"] == "4" and metadata["ltx_mode"] == "video" and metadata["training_step"] == "6"
+    assert metadata["ltx_version"] == "2.3"  # a LoRA says which model family it was trained on
     assert json.loads(metadata["training_settings"])["learning_rate"] == 1e-4
 
 

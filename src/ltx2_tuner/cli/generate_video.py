@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loading the transformer ({args.ltx_mode} build)", flush=True)
     model = load_transformer(info, mode=args.ltx_mode, dtype=dtype, device=device)
     model.set_attention_backend(args.attention_backend, training=False)
-    _merge_loras(model, checked.loras)
+    _merge_loras(model, checked.loras, info.version)
     results = []
     for job, request in zip(jobs, requests, strict=True):
         print(f"sampling {job.width}x{job.height}x{job.frames}, {request.steps} steps: {job.prompt[:60]!r}", flush=True)
@@ -209,10 +209,14 @@ def _request(job: Job, contexts: dict, first_frame, args, version: str, dtype):
     )
 
 
-def _merge_loras(model, loras: list[LoraWeight]) -> None:
+def _merge_loras(model, loras: list[LoraWeight], version: str) -> None:
+    from ltx2_tuner.networks.lora_files import lora_version_warning
     from ltx2_tuner.networks.lora_merge import merge_lora
 
     for lora in loras:
+        mismatch = lora_version_warning(lora.path, version)
+        if mismatch:
+            print(f"warning: {mismatch}", file=sys.stderr)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             layers = merge_lora(model.backbone, lora.path, lora.strength)

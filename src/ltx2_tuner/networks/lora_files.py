@@ -162,3 +162,25 @@ def _layer(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> LoraLayer:
         raise LoraFileError(f"{path}: {stem}.alpha has {alpha.numel()} values, not one; the file is damaged")
     scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
     return LoraLayer(down, up, scale)
+
+
+# Which model families a LoRA carries over to without a word: LTX 2.5 continues the 2.3 lineage (same layers and
+# shapes; it adds a keyframe embedding and drops the video FFN bias, neither a LoRA target).
+_CARRIES_OVER = {("2.3", "2.5")}
+VERSION_KEY = "ltx_version"  # metadata of the LoRAs we write: the model family they were trained on
+
+
+def lora_version_warning(path: Path, model_version: str) -> str | None:
+    """A warning when the LoRA at `path` says it was trained on another model family than `model_version`, except
+    2.3 -> 2.5; None when it fits or does not say. (ltx-core fuses any LoRA whose names match, silently.)"""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            trained_on = (f.metadata() or {}).get(VERSION_KEY)
+    except (SafetensorError, OSError):
+        return None  # read_lora_file reports unreadable files with the fix
+    if trained_on is None or trained_on == model_version or (trained_on, model_version) in _CARRIES_OVER:
+        return None
+    return (
+        f"{path}: was trained on LTX-{trained_on} and is applied to LTX-{model_version}; its layers fit, but the "
+        f"base weights differ, so expect a weaker or different effect (train it on LTX-{model_version} to be sure)"
+    )

@@ -33,6 +33,7 @@ from ltx2_tuner.models.checkpoint import CONFIG_SECTION
 from ltx2_tuner.models.configs import transformer_config
 from ltx2_tuner.models.fp8 import fp8_storage
 from ltx2_tuner.models.model_files import model_files
+from ltx2_tuner.networks.lora_files import VERSION_KEY, lora_version_warning
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training import distributed
@@ -83,6 +84,7 @@ class Run:
     fingerprint: dict
     weight_dtype: torch.dtype
     previews: PreviewRunner | None  # with --sample_prompts
+    model_version: str = ""  # "2.0", "2.3" or "2.5": recorded in the LoRA files
 
 
 def check_precision(info, mixed_precision: str) -> None:
@@ -144,6 +146,9 @@ def setup(args) -> Run:
     spec = network_module.LoraSpec(args.network_dim, args.network_alpha, args.network_dropout, targets)
     params = network_module.add_lora(model.backbone, spec)
     if args.network_weights:
+        mismatch = lora_version_warning(args.network_weights, info.version)
+        if mismatch and accelerator.is_main_process:
+            print(f"warning: {mismatch}")
         network_module.load_lora_weights(args.network_weights, model.backbone)
     if args.blocks_to_swap:  # after the LoRA exists: it goes to the device before the optimizer (and resume) sees it
         model.enable_block_swap(args.blocks_to_swap, accelerator.device)
@@ -178,7 +183,8 @@ def setup(args) -> Run:
         args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight,
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
-               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews)  # fmt: skip
+               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews,
+               info.version)  # fmt: skip
 
 
 def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
@@ -367,6 +373,7 @@ def _lora_metadata(run: Run) -> dict:
     args = run.args
     return {
         "base_model_fingerprint": run.fingerprint["checkpoint"],
+        VERSION_KEY: run.model_version,
         "ltx_mode": args.ltx_mode,
         "training_step": str(run.state.step),
         "training_settings": json.dumps(
