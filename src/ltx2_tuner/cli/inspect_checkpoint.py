@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ltx2_tuner.cli.inspect_checkpoint", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("checkpoint", type=Path, help="official unified .safetensors file (LTX-2 or LTX-2.3)")
+    parser.add_argument(
+        "checkpoint",
+        type=Path,
+        help="official .safetensors file: a unified checkpoint (LTX-2, 2.3, 2.5) or a split pack's file",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -29,8 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_KINDS = {
+    "unified": "unified checkpoint",
+    "transformer": "split pack: transformer",
+    "video_vae": "split pack: video VAE",
+    "audio_vae": "split pack: audio VAE + vocoder",
+}
+
+
 def describe(info: CheckpointInfo) -> str:
-    lines = [f"{info.path}: LTX-{info.version} (model_version {info.model_version or 'not recorded'})"]
+    head = (
+        f"{info.path}: LTX-{info.version} (model_version {info.model_version or 'not recorded'}), {_KINDS[info.kind]}"
+    )
+    if info.gemma_source is not None:
+        head += f"; text encoder {info.gemma_source.get('gemma_version')!r}"
+    lines = [head]
     for component in COMPONENTS:
         if component in info.components:
             size_mb = info.component_bytes(component) / 2**20
@@ -84,12 +101,19 @@ def check_component(info: CheckpointInfo, component: str) -> str:
     return f"video tokens [1, 8, 128] -> velocity {list(video_v.shape)}; audio [1, 25, 128] -> {list(audio_v.shape)}"
 
 
+def _has_projections(info: CheckpointInfo) -> bool:
+    return any(name.startswith("text_embedding_projection.") for name in info.tensor_names["text_connectors"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     info = read_checkpoint_info(args.checkpoint)
     print(describe(info))
     if args.check:
         for component in info.components:
+            if component == "text_connectors" and not _has_projections(info):
+                print(f"  check {component:<16} skipped: the text projections are in the pack's text encoder file")
+                continue
             start = time.perf_counter()
             line = check_component(info, component)
             print(f"  check {component:<16} {line} ({time.perf_counter() - start:.2f} s)")
