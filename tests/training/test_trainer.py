@@ -183,3 +183,23 @@ def test_max_train_epochs_counts_epochs(tiny_checkpoints, tmp_path):
     assert [key for key in record if key.startswith("loss_sigma_")]  # loss per video-sigma bucket
     assert sorted(p.name for p in (tmp_path / "out").glob("*-step*.safetensors")) == [
         "ltx2_lora-step000003.safetensors", "ltx2_lora-step000006.safetensors"]  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["2.3", "2.5"])
+def test_a_split_transformer_trains_on_existing_caches_and_equals_the_unified_run(tmp_path, version):
+    """Training needs the transformer alone: a split pack's transformer file (no VAE, no text encoder beside it)
+    trains the LoRA the unified file of the same weights trains."""
+    from ltx2_tuner.testing import write_tiny_checkpoint
+    from ltx2_tuner.testing.tiny_pack import write_tiny_pack
+
+    unified = write_tiny_checkpoint(tmp_path / "unified", version, seed=2)
+    pack = write_tiny_pack(tmp_path / "pack", version, seed=2, text_encoder=False)
+    lone = tmp_path / "lone" / pack.transformer.name
+    lone.parent.mkdir()
+    pack.transformer.rename(lone)
+    config = write_synthetic_dataset(tmp_path / "data", version=version)
+    flags = ("--ltx_mode", "av", "--max_train_steps", "2")
+    assert _train(unified, config, tmp_path / "a", *flags) == 0
+    assert _train(lone, config, tmp_path / "b", *flags) == 0
+    a, b = (load_file(str(tmp_path / out / "ltx2_lora.safetensors")) for out in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -16,6 +16,7 @@ from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.cache.store import source_stamp, write_cache
 from ltx2_tuner.data.config import load_dataset_config
+from ltx2_tuner.models.model_files import latent_space
 
 
 def _structured(shape: tuple[int, ...], generator: torch.Generator, channel_dims=(0,)) -> torch.Tensor:
@@ -55,7 +56,7 @@ def write_synthetic_dataset(
         key = naming.item_key(stem, 0, frames)
         fingerprint = {
             "source": source_stamp(root / "clips" / f"{stem}.mp4"),
-            "checkpoint": {"version": version},
+            "checkpoint": {"version": latent_space(version)},
             "dataset": dataset_digest(dataset),
             "bucket": [latent_size[1] * 32, latent_size[0] * 32],
             "window": [0, frames],
