@@ -24,7 +24,12 @@ DEMO_PROMPT = "a bright square glides from left to right while a tone rises in p
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="./demo.sh", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="work directory (default outputs/demo)")
-    parser.add_argument("--version", choices=("2.0", "2.3"), default="2.3", help="model family (default 2.3)")
+    parser.add_argument(
+        "--version",
+        choices=("2.0", "2.3", "2.5"),
+        default="2.3",
+        help="model family (default 2.3); 2.5 runs from a split pack with its packed Gemma 4, as LTX 2.5 ships",
+    )
     parser.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
     return parser
 
@@ -44,8 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     out = args.out
-    checkpoint, gemma, lora_dir = out / "ltx2_tiny.safetensors", out / "gemma", out / "lora"
-    _step("python -m ltx2_tuner.testing.make_tiny", ["--out", str(out), "--version", args.version], make_tiny.main)
+    lora_dir = out / "lora"
+    make_flags = ["--out", str(out), "--version", args.version]
+    if args.version == "2.5":  # LTX 2.5 ships as a split pack; its text encoder is found beside the transformer
+        make_flags += ["--layout", "pack"]
+        checkpoint, text_encoder = make_tiny.make_tiny_paths(out, "pack"), []
+    else:
+        checkpoint, text_encoder = make_tiny.make_tiny_paths(out, "unified"), ["--text_encoder", str(out / "gemma")]
+    _step("python -m ltx2_tuner.testing.make_tiny", make_flags, make_tiny.main)
     _step("python -m ltx2_tuner.cli.inspect_checkpoint", [str(checkpoint)], inspect_checkpoint.main)
     print(f"\n# synthetic dataset: clips with a moving square and a matching tone, captions -> {out / 'data'}")
     config = write_demo_dataset(out / "data")
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     _step("python ltx2_cache_latents.py", [*common, *cpu, "--skip_existing"],
           cache_latents.main)  # fmt: skip
     _step("python ltx2_cache_text_encoder_outputs.py",
-          [*common, "--gemma_root", str(gemma), "--mixed_precision", "no", *cpu, "--skip_existing",
+          [*common, *text_encoder, "--mixed_precision", "no", *cpu, "--skip_existing",
            "--sample_prompts", str(prompts)],
           cache_text_encoder_outputs.main)  # fmt: skip
     train_flags = [*common, "--mixed_precision", "no", "--network_dim", "8", "--network_alpha", "8",

@@ -35,6 +35,11 @@ class TinyPack:
     audio_vae: Path
 
 
+def pack_transformer_path(root: str | Path, version: str = "2.5") -> Path:
+    """Where `write_tiny_pack(root, version)` puts the transformer (the file --ltx2_checkpoint takes)."""
+    return Path(root) / "diffusion_models" / f"ltx-{version}-tiny-dev-transformer.safetensors"
+
+
 def write_tiny_pack(root: str | Path, version: str = "2.5", seed: int = 0, text_encoder: bool = True) -> TinyPack:
     """Write the split files of a tiny `version` model under `root` and return their paths.
 
@@ -64,7 +69,7 @@ def write_tiny_pack(root: str | Path, version: str = "2.5", seed: int = 0, text_
     pack = TinyPack(
         root=root,
         transformer=write(
-            "diffusion_models", f"{stem}-dev-transformer.safetensors", transformer, ("transformer", "scheduler")
+            "diffusion_models", pack_transformer_path(root, version).name, transformer, ("transformer", "scheduler")
         ),
         text_encoder=None,
         video_vae=write("vae", f"{stem}-video-vae-conv.safetensors", video_vae, ("vae",)),
