@@ -57,6 +57,29 @@ def test_tokenize_truncates_at_1024_and_keeps_bos(gemma):
     assert mask[1].sum() == 6 and ids[1, -6] == BOS
 
 
+def test_tokenize_prepends_bos_when_the_tokenizer_does_not_add_it(gemma, tiny_gemma_dir):
+    from transformers import AutoTokenizer
+
+    # ltx-core prepends <bos> for Gemma 3 and Gemma 4 alike; Gemma 3's own tokenizer already adds it.
+    without_bos = AutoTokenizer.from_pretrained(tiny_gemma_dir, add_bos_token=False)
+    assert BOS not in without_bos("a cat").input_ids
+    captions = ["  a cat  ", "x" * 1500, ""]
+    ids, mask = tokenize(without_bos, captions)
+    expected_ids, expected_mask = tokenize(gemma.tokenizer, captions)
+    assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask)
+    assert ids[2, -1] == BOS and mask[2].sum() == 1  # an empty caption is <bos> alone
+
+
+def test_a_tokenizer_without_bos_is_one_line(tiny_gemma_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gemma_dir)
+    tokenizer.bos_token = None
+    with pytest.raises(CheckpointError, match="has no <bos> token") as error:
+        tokenize(tokenizer, ["a cat"])
+    assert "\n" not in str(error.value)
+
+
 def test_packed_hidden_states_equal_diffusers_pipeline_with_full_gemma(gemma, tiny_gemma_dir):
     from diffusers import LTX2Pipeline
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration

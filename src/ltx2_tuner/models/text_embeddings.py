@@ -97,10 +97,7 @@ def check_text_encoder(connectors: CheckpointInfo, transformer: CheckpointInfo, 
     """Cheap checks (headers and configs only) that `text_encoder` (a Gemma directory or packed file) and the
     connectors can encode prompts for `transformer` in `mode`; return the text encoder's GemmaInfo."""
     from ltx2_tuner.models.model_files import check_gemma_pair
-    from ltx2_tuner.models import text_encoder as te  # TEMP until inspect_text_encoder lands
-
-    check_gemma_fits = te.check_gemma_fits
-    inspect_text_encoder = getattr(te, "inspect_text_encoder", te.inspect_gemma)
+    from ltx2_tuner.models.text_encoder import check_gemma_fits, inspect_text_encoder
 
     require_connector_weights(connectors, mode)
     gemma = inspect_text_encoder(text_encoder)

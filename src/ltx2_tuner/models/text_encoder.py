@@ -1,13 +1,17 @@
-"""Gemma 3, the LTX-2 text encoder: checking the directory, loading the language model, tokenizing, packing.
+"""The LTX text encoder, Gemma: checking it, loading its language model, tokenizing, packing.
 
-LTX-2 reads every hidden state of Gemma 3 12B (the embeddings and the output of each of its 48 layers) for a prompt
+LTX-2 and LTX-2.3 read Gemma 3 12B (a Hugging Face directory), LTX 2.5 reads LTX's fine-tuned Gemma 4 12B
+(`gemma4_unified`, a directory or the packed text-encoder file; models/gemma4.py). Either way LTX reads every hidden
+state (the embeddings and the output of each of the 48 layers, the last after the final norm) for a prompt
 left-padded to exactly 1024 tokens, packed as `torch.stack(hidden_states, -1).flatten(2)`: [B, 1024, 3840 x 49].
-Only the language model is loaded (`Gemma3TextModel`): the vision tower (~0.4 B parameters) is never read from
-disk and there is no LM head, so no [B, 1024, 262144] logits either. Its hidden states are bit-identical to those of
-the full `Gemma3ForConditionalGeneration` that diffusers' LTX2Pipeline runs (tests/models/test_text_encoder.py).
+Only the language model is loaded (`Gemma3TextModel`, `Gemma4UnifiedTextModel`): the vision tower or embedders are
+never read from disk and there is no LM head, so no [B, 1024, 262144] logits either. Its hidden states are
+bit-identical to those of the full `Gemma3ForConditionalGeneration` that diffusers' LTX2Pipeline runs and of the
+full `Gemma4UnifiedForConditionalGeneration` that ltx-core runs (tests/models/test_text_encoder.py, test_gemma4.py).
 `load_gemma(..., offload=True)` keeps the decoder layers in host memory and streams them to the GPU one at a time:
 the same features bit for bit with ~3.7 GB of Gemma on the GPU instead of ~24 GB (models/gemma_memory.py).
-Facts: ../shared/reference/official-ltx-trainer.md §4, diffusers-ltx2-and-peers.md §5 "Text path".
+Facts: ../shared/reference/official-ltx-trainer.md §4, diffusers-ltx2-and-peers.md §5 "Text path",
+ltx-2.5-and-conditioning-modes.md A3 (Gemma 4, tokenization).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ QUANTIZATION_FLAGS = {"8bit": "--gemma_load_in_8bit", "4bit": "--gemma_load_in_4
 OFFLOAD_FLAG = "--gemma_offload"
 _GEMMA3_TYPES = ("gemma3", "gemma3_text")  # the multimodal release (gemma-3-12b-it) or a text-only export
 _NEEDED = "a local Gemma 3 directory such as gemma-3-12b-it (config.json, tokenizer, *.safetensors)"
+_NEEDED_ANY = (
+    "a local Gemma 3 directory such as gemma-3-12b-it for LTX-2 and LTX-2.3, or LTX's Gemma 4 for LTX 2.5 "
+    "(text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors or a gemma4-12b-ltx-v1 directory)"
+)
 # Language-model tensor names in the files transformers writes or reads: `language_model.model.*` (the release and
 # transformers 5 saves), `model.language_model.*` (transformers 4.5x saves), `model.*` (text-only Gemma3ForCausalLM).
 _LANGUAGE_MODEL_PREFIX = r"^(?:model\.language_model|language_model\.model|model)\."
@@ -39,12 +47,15 @@ _IDENTITY_FILES = ("config.json", "tokenizer_config.json", "special_tokens_map.j
 
 @dataclass(frozen=True)
 class GemmaInfo:
-    """What `inspect_gemma` found in a Gemma directory, without loading weights."""
+    """What `inspect_text_encoder` found in a Gemma directory or packed file, without loading weights."""
 
-    root: Path
+    root: Path  # the directory, or the packed file (whose header also holds the LTX text projections)
     hidden_size: int
     num_layers: int
     identity: str  # changes when the config, tokenizer or weight files change (cache fingerprints)
+    family: str = "gemma3"  # "gemma3" (LTX-2, LTX-2.3) or "gemma4" (LTX 2.5)
+    gemma_version: str | None = None  # the config's `gemma_version` (LTX's Gemma 4: "gemma4-12b-ltx-v1")
+    layout: str = "directory"  # "directory" or "packed"
 
     @property
     def num_features(self) -> int:
@@ -52,27 +63,35 @@ class GemmaInfo:
         return self.hidden_size * (self.num_layers + 1)
 
 
-def inspect_gemma(gemma_root: str | Path) -> GemmaInfo:
-    """Check that `gemma_root` is a Gemma 3 directory and read its sizes; one-line CheckpointError otherwise."""
-    root = Path(gemma_root)
+def inspect_text_encoder(path: str | Path) -> GemmaInfo:
+    """Check a text encoder (a Gemma 3 directory, a Gemma 4 directory or a packed Gemma 4 file) and read its sizes
+    from configs and headers; one-line CheckpointError naming the file, the problem and the fix otherwise."""
+    from ltx2_tuner.models import gemma4
+
+    root = Path(path)
     if not root.exists():
-        raise CheckpointError(f"{root}: Gemma directory not found; pass {_NEEDED}")
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: is a file, not a directory; pass {_NEEDED}")
+        raise CheckpointError(f"{root}: Gemma text encoder not found; pass {_NEEDED_ANY}")
+    if root.is_file():
+        return _gemma4_info(gemma4.open_gemma4(root))
     config_path = root / "config.json"
     if not config_path.is_file():
         raise CheckpointError(
-            f"{root}: has no config.json, so it is not a Hugging Face model directory; pass {_NEEDED}"
+            f"{root}: has no config.json, so it is not a Hugging Face model directory; pass {_NEEDED_ANY}"
         )
     try:
         raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{config_path}: is not valid JSON; download the Gemma 3 directory again") from None
+        raise CheckpointError(f"{config_path}: is not valid JSON; download the Gemma directory again") from None
     model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if gemma4.is_gemma4_type(model_type):
+        return _gemma4_info(gemma4.open_gemma4(root))
     if model_type not in _GEMMA3_TYPES:
         architectures = ", ".join(raw.get("architectures") or []) if isinstance(raw, dict) else ""
         found = f"model_type {model_type!r}" + (f" ({architectures})" if architectures else "")
-        raise CheckpointError(f"{root}: config.json says {found}, not Gemma 3 (model_type 'gemma3'); pass {_NEEDED}")
+        raise CheckpointError(
+            f"{root}: config.json says {found}, not Gemma 3 (model_type 'gemma3') or LTX's Gemma 4 "
+            f"(model_type 'gemma4_unified'); pass {_NEEDED_ANY}"
+        )
     if not any((root / name).is_file() for name in _TOKENIZER_FILES):
         raise CheckpointError(f"{root}: has no tokenizer ({' or '.join(_TOKENIZER_FILES)}); pass {_NEEDED}")
     weights = sorted(root.glob("*.safetensors"))
@@ -89,12 +108,29 @@ def inspect_gemma(gemma_root: str | Path) -> GemmaInfo:
         hidden_size=int(text_config.hidden_size),
         num_layers=int(text_config.num_hidden_layers),
         identity=_identity(root, weights),
+        gemma_version=getattr(config, "gemma_version", None),
+    )
+
+
+inspect_gemma = inspect_text_encoder  # the name callers used when only Gemma 3 directories existed
+
+
+def _gemma4_info(source) -> GemmaInfo:
+    text_config = source.hf_config().text_config
+    return GemmaInfo(
+        root=source.path,
+        hidden_size=int(text_config.hidden_size),
+        num_layers=int(text_config.num_hidden_layers),
+        identity=source.identity,
+        family="gemma4",
+        gemma_version=source.gemma_version,
+        layout=source.layout,
     )
 
 
 def _identity(root: Path, weights: list[Path]) -> str:
     # Cheap on a 24 GB directory: hash the small JSON files, and only the size and mtime of weights and tokenizer.
-    digest = hashlib.sha256()
+    digest = hashlib.sha256()  # unprefixed: Gemma 3 identities stay what they were (Gemma 4's are prefixed)
     for name in _IDENTITY_FILES:
         path = root / name
         digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
@@ -112,8 +148,9 @@ def check_gemma_fits(gemma: GemmaInfo, caption_channels: int, layer_factor: int,
     raise CheckpointError(
         f"{gemma.root}: this Gemma has hidden size {gemma.hidden_size} and {gemma.num_layers} layers "
         f"({gemma.num_features} features), but the text connectors in {connectors_file} take "
-        f"{caption_channels} x {layer_factor} = {caption_channels * layer_factor} (a Gemma 3 with hidden size "
-        f"{caption_channels} and {layer_factor - 1} layers: gemma-3-12b-it for LTX-2 and LTX-2.3); pass that one"
+        f"{caption_channels} x {layer_factor} = {caption_channels * layer_factor} (a Gemma with hidden size "
+        f"{caption_channels} and {layer_factor - 1} layers: gemma-3-12b-it for LTX-2 and LTX-2.3, LTX's Gemma 4 "
+        "for LTX 2.5); pass that one"
     )
 
 
@@ -142,13 +179,22 @@ def check_offload(quantization: str | None, offload: bool) -> None:
         )
 
 
-def gemma_sizes(gemma: GemmaInfo):
-    """The `GemmaSizes` (hidden, layers, intermediate, vocab, heads) of a Gemma directory, from its config."""
+def gemma_config(gemma: GemmaInfo):
+    """The transformers config of a text encoder (Gemma3Config or Gemma4UnifiedConfig; `text_config` inside)."""
+    if gemma.family == "gemma4":
+        from ltx2_tuner.models.gemma4 import open_gemma4
+
+        return open_gemma4(gemma.root).hf_config()
     from transformers import AutoConfig
 
+    return AutoConfig.from_pretrained(gemma.root, local_files_only=True)
+
+
+def gemma_sizes(gemma: GemmaInfo):
+    """The `GemmaSizes` (hidden, layers, intermediate, vocab, heads) of a text encoder, from its config."""
     from ltx2_tuner.models.gemma_memory import GemmaSizes
 
-    return GemmaSizes.from_config(AutoConfig.from_pretrained(gemma.root, local_files_only=True))
+    return GemmaSizes.from_config(gemma_config(gemma))
 
 
 def whole_gemma_misfit(gemma: GemmaInfo, device: torch.device, batch_size: int = 1) -> str | None:
@@ -168,29 +214,29 @@ def whole_gemma_misfit(gemma: GemmaInfo, device: torch.device, batch_size: int =
 def tokenize(tokenizer, captions: list[str], max_tokens: int = MAX_PROMPT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids [B, max_tokens] and 0/1 mask [B, max_tokens] (int64), left-padded, starting with <bos>.
 
-    As LTX2Pipeline and ltx-core: each caption `.strip()`ped, no chat template, truncated to `max_tokens` (the end
-    is cut, <bos> stays), Gemma's own <bos>, no <eos>.
+    As ltx-core's Gemma tokenizer does for Gemma 3 and Gemma 4 alike: each caption `.strip()`ped, no chat template,
+    truncated to `max_tokens` (the end is cut), <bos> prepended when the tokenizer did not add it (Gemma 4's does
+    not; Gemma 3's does, as in LTX2Pipeline), no <eos>, left-padded with <pad> (<eos> when there is none).
     """
-    tokenizer.padding_side = "left"
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise CheckpointError(
+            f"{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}: the tokenizer has no <bos> token, which "
+            "every LTX prompt starts with; use the tokenizer files of the original Gemma release"
+        )
     tokenizer.truncation_side = "right"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    batch = tokenizer(
-        [caption.strip() for caption in captions],
-        padding="max_length",
-        max_length=max_tokens,
-        truncation=True,
-        add_special_tokens=True,
-        return_tensors="pt",
-    )
-    ids, mask = batch.input_ids, batch.attention_mask.long()
-    bos = tokenizer.bos_token_id
-    first_real = mask.argmax(dim=1)  # left padding: the first 1
-    if bos is not None and not bool((ids[torch.arange(len(ids)), first_real] == bos).all()):
-        raise CheckpointError(
-            f"{getattr(tokenizer, 'name_or_path', 'tokenizer')}: the tokenizer does not start prompts with <bos>, "
-            "unlike Gemma 3's; use the tokenizer files of the original Gemma 3 release"
-        )
+    encoded = tokenizer(
+        [caption.strip() for caption in captions], truncation=True, max_length=max_tokens, add_special_tokens=True
+    ).input_ids
+    ids = torch.full((len(captions), max_tokens), tokenizer.pad_token_id, dtype=torch.int64)
+    mask = torch.zeros((len(captions), max_tokens), dtype=torch.int64)
+    for row, tokens in enumerate(encoded):
+        if not tokens or tokens[0] != bos:
+            tokens = [bos, *tokens][:max_tokens]
+        ids[row, max_tokens - len(tokens) :] = torch.tensor(tokens, dtype=torch.int64)
+        mask[row, max_tokens - len(tokens) :] = 1
     return ids, mask
 
 
@@ -200,7 +246,7 @@ def pack_hidden_states(hidden_states: tuple[torch.Tensor, ...] | list[torch.Tens
 
 
 class GemmaTextEncoder:
-    """Gemma 3's language model and tokenizer: captions -> packed hidden states and mask. See `load_gemma`."""
+    """Gemma's language model and tokenizer: captions -> packed hidden states and mask. See `load_gemma`."""
 
     def __init__(self, model, tokenizer, info: GemmaInfo, quantization: str | None = None, layer_stream=None):
         self.model, self.tokenizer, self.info, self.quantization = model, tokenizer, info, quantization
@@ -239,55 +285,72 @@ def load_gemma(
     quantization: str | None = None,
     offload: bool = False,
 ) -> GemmaTextEncoder:
-    """Gemma 3's language model (no vision tower, no LM head) and tokenizer from a local directory, offline.
+    """Gemma's language model (no vision tower or embedders, no LM head) and tokenizer, offline: Gemma 3 from its
+    directory, LTX's Gemma 4 from its directory or packed file.
 
     dtype: weight dtype (bfloat16, as Gemma was trained and as the official trainer runs it); with `quantization`
     ("8bit" / "4bit", bitsandbytes, CUDA only) the linear layers are quantized on load and compute in `dtype`.
     offload: load into host memory and keep the decoder layers there; only the embedding table and final norm move
     to `device`, and `stream_decoder_layers` copies each layer in just before it runs. Bit-identical features.
     """
-    from transformers import AutoConfig, AutoTokenizer, Gemma3TextModel
-
-    info = gemma_root if isinstance(gemma_root, GemmaInfo) else inspect_gemma(gemma_root)
+    info = gemma_root if isinstance(gemma_root, GemmaInfo) else inspect_text_encoder(gemma_root)
     device = torch.device(device)
     check_offload(quantization, offload)
     check_quantization(quantization, device)
-    config = AutoConfig.from_pretrained(info.root, local_files_only=True)
-    text_config = getattr(config, "text_config", config)
-    kwargs = {}
-    if quantization is not None:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True)
-            if quantization == "8bit"
-            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
-        )
+    device_map = {"": "cpu" if offload else str(device)}
+    quantization_config = _quantization_config(quantization, dtype)
+    load = _load_gemma4 if info.family == "gemma4" else _load_gemma3
     with _quiet_transformers():  # it reports every vision-tower tensor it skips as "unexpected"
-        model, loading = Gemma3TextModel.from_pretrained(
-            info.root,
-            config=text_config,
-            dtype=dtype,
-            device_map={"": "cpu" if offload else str(device)},
-            local_files_only=True,
-            key_mapping={_LANGUAGE_MODEL_PREFIX: ""},
-            output_loading_info=True,
-            **kwargs,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(info.root, local_files_only=True)
+        model, tokenizer = load(info, dtype, device_map, quantization_config)
+    model = model.eval().requires_grad_(False)
+    layer_stream = stream_decoder_layers(model, device) if offload else None
+    return GemmaTextEncoder(model, tokenizer, info, quantization, layer_stream)
+
+
+def _quantization_config(quantization: str | None, dtype: torch.dtype):
+    if quantization is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+
+
+def _load_gemma3(info: GemmaInfo, dtype: torch.dtype, device_map: dict, quantization_config):
+    from transformers import AutoConfig, AutoTokenizer, Gemma3TextModel
+
+    config = AutoConfig.from_pretrained(info.root, local_files_only=True)
+    kwargs = {} if quantization_config is None else {"quantization_config": quantization_config}
+    model, loading = Gemma3TextModel.from_pretrained(
+        info.root,
+        config=getattr(config, "text_config", config),
+        dtype=dtype,
+        device_map=device_map,
+        local_files_only=True,
+        key_mapping={_LANGUAGE_MODEL_PREFIX: ""},
+        output_loading_info=True,
+        **kwargs,
+    )
     if loading["missing_keys"]:
         example = sorted(loading["missing_keys"])[0]
         raise CheckpointError(
             f"{info.root}: the weights lack {len(loading['missing_keys'])} Gemma 3 language-model tensors (e.g. "
             f"{example}); the download is incomplete or not Gemma 3, download it again"
         )
-    model = model.eval().requires_grad_(False)
-    layer_stream = stream_decoder_layers(model, device) if offload else None
-    return GemmaTextEncoder(model, tokenizer, info, quantization, layer_stream)
+    return model, AutoTokenizer.from_pretrained(info.root, local_files_only=True)
+
+
+def _load_gemma4(info: GemmaInfo, dtype: torch.dtype, device_map: dict, quantization_config):
+    from ltx2_tuner.models.gemma4 import build_gemma4_tokenizer, load_gemma4_language_model, open_gemma4
+
+    source = open_gemma4(info.root)
+    model = load_gemma4_language_model(source, dtype, device_map, quantization_config)
+    return model, build_gemma4_tokenizer(source)
 
 
 def stream_decoder_layers(model, device: torch.device):
-    """Run `model` (a Gemma3TextModel in host memory) on `device` with its decoder layers streamed; return the
+    """Run `model` (a Gemma3TextModel or Gemma4UnifiedTextModel in host memory) on `device` with its decoder layers streamed; return the
     BlockSwap that streams them.
 
     Everything but `model.layers` (embedding table, final norm, rotary tables) moves to `device` and stays. The
