@@ -50,8 +50,8 @@ def make_tiny(
     out: Path, version: str, size: str = "tiny", seed: int = 0, gemma: bool = True, layout: str = "unified"
 ) -> Path:
     """Write the model; return the file `--ltx2_checkpoint` takes (the unified file or the pack's transformer)."""
-    from ltx2_tuner.testing.tiny_checkpoint import write_tiny_checkpoint
     from ltx2_tuner.testing import tiny_gemma
+    from ltx2_tuner.testing.tiny_checkpoint import write_tiny_checkpoint
 
     if layout == "pack":
         from ltx2_tuner.testing.tiny_pack import write_tiny_pack
