@@ -9,41 +9,32 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 
 import pytest
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import block_swap, load_transformer
 from ltx2_tuner.networks import lora_ltx2
+from ltx2_tuner.testing.poisoned_host import PoisonedHost
 from ltx2_tuner.testing.transformer_inputs import make_inputs
 
 NUM_BLOCKS = 5  # the tiny checkpoint's 2 blocks, deepened with copies so that "at most 2" means something
 
 
-class FakeDevice:
-    """Poisoned host copies, real values only in device copies, and which block each live device copy belongs to."""
+class FakeDevice(PoisonedHost):
+    """Poisoned host copies, and which block each live device copy belongs to (at most two at once)."""
 
     def __init__(self, monkeypatch):
-        self.real: dict[int, torch.Tensor] = {}  # poisoned host copy data_ptr -> real values
+        super().__init__(monkeypatch)
         self.block_of: dict[int, int] = {}  # poisoned host copy data_ptr -> block index (set by `track`)
-        self.copies: list[tuple[int, StorageWeakRef]] = []
         self.most_alive = 0
-        monkeypatch.setattr(block_swap, "host_copy", self.host_copy)
-        monkeypatch.setattr(block_swap, "device_copy", self.device_copy)
 
-    def host_copy(self, tensor):
-        poisoned = torch.full_like(tensor, math.nan)
-        self.real[poisoned.data_ptr()] = tensor.detach().clone()
-        return poisoned
+    def label(self, host):
+        return self.block_of[host.data_ptr()]
 
-    def device_copy(self, host, device, non_blocking):
+    def before_copy(self) -> None:
         self.check()
-        result = self.real[host.data_ptr()].to(device, copy=True)
-        self.copies.append((self.block_of[host.data_ptr()], StorageWeakRef(result.untyped_storage())))
-        return result
 
     def track(self, model) -> None:
         """Note which block each host copy belongs to; check the bound before every block runs or recomputes."""
@@ -55,13 +46,10 @@ class FakeDevice:
         for block in blocks:
             block.register_forward_pre_hook(lambda module, args: self.check())
 
-    def alive(self) -> set[int]:
-        """Swapped blocks with a device copy that anything (a parameter, a saved tensor) still holds."""
-        return {index for index, ref in self.copies if not ref.expired()}
-
     def check(self) -> None:
-        self.most_alive = max(self.most_alive, len(self.alive()))
-        assert len(self.alive()) <= 2, f"device copies of blocks {sorted(self.alive())} alive at once"
+        blocks = set(self.alive())
+        self.most_alive = max(self.most_alive, len(blocks))
+        assert len(blocks) <= 2, f"device copies of blocks {sorted(blocks)} alive at once"
 
 
 def _deepened(tiny_path, mode: str):
@@ -163,10 +151,10 @@ def test_after_forward_with_grad_only_the_last_block_stays_on_the_device(tiny_ch
     # Without checkpointing autograd saves views of the weights; they must not keep device copies alive.
     _, swapped, fake = _pair(tiny_checkpoints["2.3"].path, "av", NUM_BLOCKS, monkeypatch)
     outputs = swapped(**_inputs(swapped, "av"))
-    assert fake.alive() == {NUM_BLOCKS - 1}
+    assert set(fake.alive()) == {NUM_BLOCKS - 1}
     assert [i for i, home in _streamed_at_host(swapped, fake).items() if not home] == [NUM_BLOCKS - 1]
     sum((o**2).mean() for o in outputs).backward()
-    assert fake.alive() == {0}
+    assert set(fake.alive()) == {0}
 
 
 def test_lora_stays_the_same_objects_on_the_device_and_steps_identically(tiny_checkpoints, monkeypatch):

@@ -16,15 +16,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_text_encoder_outputs import main as cache_text_main
 from ltx2_tuner.errors import ConfigError
-from ltx2_tuner.models import block_swap
 from ltx2_tuner.models import text_encoder as text_encoder_module
 from ltx2_tuner.models.gemma_memory import GEMMA3_12B, estimate_text_encoding_memory, whole_gemma_fits
 from ltx2_tuner.models.text_encoder import load_gemma, stream_decoder_layers
+from ltx2_tuner.testing.poisoned_host import PoisonedHost
 
 CAPTIONS = ["A red fox runs through deep snow.", "x" * 1100, "a cat"]
 GB = 10**9
@@ -48,31 +47,17 @@ def _cache(config: Path, checkpoint: Path, gemma: Path, *flags: str) -> int:
     return run(cache_text_main, [*argv, "--device", "cpu", *flags])
 
 
-class PoisonedHost:
-    """Host copies full of NaN; the real values only in device copies, whose storages are watched."""
+class CountingHost(PoisonedHost):
+    """Poisoned host copies, and the most layers' worth of device copies alive at once."""
 
     def __init__(self, monkeypatch):
-        self.real: dict[int, torch.Tensor] = {}
-        self.copies: list[StorageWeakRef] = []
+        super().__init__(monkeypatch)
         self.most_layers_alive = 0
         self.tensors_per_layer = 0
-        monkeypatch.setattr(block_swap, "host_copy", self.host_copy)
-        monkeypatch.setattr(block_swap, "device_copy", self.device_copy)
-
-    def host_copy(self, tensor):
-        poisoned = torch.full_like(tensor, math.nan)
-        self.real[poisoned.data_ptr()] = tensor.detach().clone()
-        return poisoned
-
-    def device_copy(self, host, device, non_blocking):
-        result = self.real[host.data_ptr()].to(device, copy=True)
-        self.copies.append(StorageWeakRef(result.untyped_storage()))
-        return result
 
     def check(self) -> None:
         """Record how many layers' worth of device copies are alive right now."""
-        alive = sum(not ref.expired() for ref in self.copies)
-        self.most_layers_alive = max(self.most_layers_alive, math.ceil(alive / self.tensors_per_layer))
+        self.most_layers_alive = max(self.most_layers_alive, math.ceil(len(self.alive()) / self.tensors_per_layer))
 
 
 NUM_LAYERS = 5  # the tiny Gemma's 2 layers, deepened with copies so that "at most 2 on the device" means something
@@ -106,7 +91,7 @@ def test_streamed_layers_are_used_only_in_their_turn_two_at_most(tiny_gemma_dir,
     plain_packed, plain_mask = encoder(CAPTIONS)
     assert plain_packed.shape[-1] == 32 * (NUM_LAYERS + 1)
 
-    host = PoisonedHost(monkeypatch)
+    host = CountingHost(monkeypatch)
     encoder.layer_stream = stream_decoder_layers(encoder.model, torch.device("cpu"))
     layers = encoder.model.layers
     host.tensors_per_layer = len(list(layers[0].parameters()))
@@ -121,7 +106,7 @@ def test_streamed_layers_are_used_only_in_their_turn_two_at_most(tiny_gemma_dir,
         assert torch.equal(packed, plain_packed)  # bit for bit, so no poisoned weight was read either
     assert len(host.copies) == 2 * NUM_LAYERS * host.tensors_per_layer  # each layer copied once per call
     assert host.most_layers_alive == 2  # the running layer and the prefetched next one
-    assert all(ref.expired() for ref in host.copies)  # no layer stays on the device after a call
+    assert not host.alive()  # no layer stays on the device after a call
     assert encoder.model.embed_tokens.weight.isfinite().all()  # the embedding table is resident, not streamed
 
 
