@@ -219,7 +219,7 @@ def test_prompt_sources_are_checked(tiny23, tmp_path, capsys):
     assert line.startswith("error: --text_encoder: needed to encode --prompt; pass the Gemma text encoder")
     assert run(main, [*base, "--prompt", PROMPT, "--gemma_root", str(tmp_path / "no_gemma")]) == 2
     (line,) = _errors(capsys)
-    assert line.startswith(f"error: {tmp_path / 'no_gemma'}: Gemma directory not found")
+    assert line.startswith(f"error: {tmp_path / 'no_gemma'}: Gemma text encoder not found")
     assert run(main, [*base, "--prompt_cache", str(tmp_path / "none.safetensors"), "--prompt", PROMPT]) == 2
     (line,) = _errors(capsys)
     assert line.startswith("error: --prompt: the prompts come from --prompt_cache")
