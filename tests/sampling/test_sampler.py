@@ -13,6 +13,7 @@ from torch import nn
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import audio_latent_count, context_dims, load_transformer, patchify_video
 from ltx2_tuner.sampling import GuidanceParams, SampleRequest, ltx2_sigmas, sample
+from ltx2_tuner.testing.keyframe_probe import expected_addition, keyframe_probe
 
 CPU = torch.device("cpu")
 ALL_ON = GuidanceParams(cfg=3.0, stg=1.0, rescale=0.7, modality=3.0, stg_blocks=(1,))
@@ -218,3 +219,30 @@ def test_video_only_request_on_a_video_build(tiny_checkpoints, capsys):
 def test_bad_requests_name_the_problem(av23, changes, words):
     with pytest.raises(ConfigError, match=words):
         sample(av23, _request(av23, **changes), device=CPU, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_every_guidance_pass_marks_the_first_latent_frame_for_the_ltx25_keyframe_embedding(
+    tiny_checkpoints, with_image
+):
+    # ltx-core's inference marks the target's first latent frame, T2V and I2V (reference ltx-2.5 A2); CFG, STG and
+    # modality passes are all the same target, so they all get the same mark.
+    model = load_transformer(tiny_checkpoints["2.5"].path, mode="av")
+    image = torch.randn(128, 1, 2, 2, generator=torch.Generator().manual_seed(4)) if with_image else None
+    request = _request(model, first_frame_latent=image, steps=2)  # 64x64x17: 3 latent frames of 2x2 tokens
+    masks = []
+    handle = model.register_forward_pre_hook(lambda module, args: masks.append(args[0].keyframes_mask.clone()))
+    try:
+        with keyframe_probe(model.backbone) as added:
+            sample(model, request, device=CPU, dtype=torch.float32, max_batch=3)
+    finally:
+        handle.remove()
+
+    first_frame = torch.zeros(1, 12, dtype=torch.bool)
+    first_frame[:, :4] = True
+    assert sum(rows.shape[0] for rows in added) == 2 * 4  # 2 steps x (cond, negative, STG, modality) passes
+    assert all(torch.equal(mask, first_frame.expand(mask.shape[0], -1)) for mask in masks)
+    embedding = model.backbone.keyframes_abs_pos_embedding
+    for rows in added:
+        expected = expected_addition(first_frame.expand(rows.shape[0], -1), embedding)
+        torch.testing.assert_close(rows, expected, rtol=0, atol=1e-6)

@@ -1,7 +1,8 @@
-"""One training step (training/step.py): first-frame conditioning, loss weights, the audio length mask, audio sigma.
+"""One training step (training/step.py): first-frame conditioning, loss weights, the audio length mask, audio sigma,
+LTX 2.5's first-frame keyframe mark.
 
 Facts: ../shared/reference/official-ltx-trainer.md §1.5-1.8. Batches are built in the CachedBatches layout, in
-float32 on the CPU; the transformer is the tiny official-format LTX-2.3 from the factory.
+float32 on the CPU; the transformer is the tiny official-format LTX-2.3 from the factory (2.5 for the keyframe mark).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from ltx2_tuner.models import load_transformer, patchify_audio, patchify_video
+from ltx2_tuner.testing.keyframe_probe import expected_addition, keyframe_probe
 from ltx2_tuner.training import flow_matching as fm
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
 
@@ -220,3 +222,37 @@ def test_the_independent_audio_sigma_uses_the_audio_token_count():
     by_video_length = fm.sample_sigmas(flow.sampler, 64, VIDEO_TOKENS, generator)
     assert torch.equal(inputs.audio_sigma, by_audio_length)
     assert not torch.equal(inputs.audio_sigma, by_video_length)
+
+
+@pytest.fixture(scope="module")
+def transformer25(tiny_checkpoints):
+    return load_transformer(tiny_checkpoints["2.5"].path, mode="av")  # its keyframe embedding is random, not 0
+
+
+@pytest.mark.parametrize("first_frame_keyframe", [True, False])
+def test_ltx25_step_adds_the_keyframe_embedding_to_the_first_latent_frame_of_each_sample(
+    transformer25, first_frame_keyframe
+):
+    # ltx-core's inference marks the target's first latent frame, whether or not it is a clean condition, and on
+    # single images too (reference A2); --no-first_frame_keyframe marks nothing, as the official trainer.
+    embedding = transformer25.backbone.keyframes_abs_pos_embedding
+    for first_frame_p, frames in ((0.0, FRAMES), (1.0, FRAMES), (1.0, 1)):
+        flow = FlowSettings(sampler="uniform", first_frame_p=first_frame_p, first_frame_keyframe=first_frame_keyframe)
+        inputs = _prepare(_batch(batch_size=3, frames=frames), flow, seed=4)
+        with keyframe_probe(transformer25.backbone) as added, torch.no_grad():
+            transformer25(inputs.video, inputs.audio)
+        tokens = frames * TOKENS_PER_FRAME
+        first_frame = torch.zeros(3, tokens, dtype=torch.bool)
+        first_frame[:, :TOKENS_PER_FRAME] = first_frame_keyframe
+        torch.testing.assert_close(added[0], expected_addition(first_frame, embedding), rtol=0, atol=1e-6)
+
+
+def test_the_keyframe_mark_draws_nothing_and_changes_no_other_input():
+    batch = _batch()
+    marked = _prepare(batch, FlowSettings(first_frame_p=0.5), seed=7)
+    unmarked = _prepare(batch, FlowSettings(first_frame_p=0.5, first_frame_keyframe=False), seed=7)
+    assert unmarked.video.keyframes_mask is None and marked.audio.keyframes_mask is None
+    for name in ("latent", "sigma", "timesteps", "positions", "context"):
+        assert torch.equal(getattr(marked.video, name), getattr(unmarked.video, name))
+        assert torch.equal(getattr(marked.audio, name), getattr(unmarked.audio, name))
+    assert torch.equal(marked.video_target, unmarked.video_target)

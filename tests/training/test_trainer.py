@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from ltx2_tuner.cli.train_network import main
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.models import load_transformer
 from ltx2_tuner.networks import lora_ltx2
+from ltx2_tuner.testing.keyframe_probe import expected_addition, keyframe_probe
 from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
 
@@ -203,3 +205,34 @@ def test_a_split_transformer_trains_on_existing_caches_and_equals_the_unified_ru
     assert _train(lone, config, tmp_path / "b", *flags) == 0
     a, b = (load_file(str(tmp_path / out / "ltx2_lora.safetensors")) for out in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flags", [(), ("--no-first_frame_keyframe",)])
+def test_ltx25_training_adds_the_keyframe_embedding_to_frame_0_unless_turned_off(
+    tiny_checkpoints, tmp_path, monkeypatch, flags
+):
+    """The real training step on the tiny 2.5: the embedding lands on the first latent frame's tokens of each sample
+    (as ltx-core's inference marks them), and on no token with --no-first_frame_keyframe (as the official trainer)."""
+    from ltx2_tuner.training import trainer
+
+    checkpoint = tiny_checkpoints["2.5"].path
+    recorded = []
+    with contextlib.ExitStack() as probes:
+
+        def load_with_probe(*args, **kwargs):
+            model = load_transformer(*args, **kwargs)
+            recorded.append(probes.enter_context(keyframe_probe(model.backbone)))
+            return model
+
+        monkeypatch.setattr(trainer, "load_transformer", load_with_probe)
+        config = write_synthetic_dataset(tmp_path / "data", version="2.5", latent_size=(2, 3), batch_size=2)
+        assert _train(checkpoint, config, tmp_path / "out", "--ltx_mode", "av", "--max_train_steps", "2",
+                      "--ltx2_first_frame_conditioning_p", "0.5", *flags) == 0  # fmt: skip
+    (added,) = recorded
+    embedding = load_file(str(checkpoint))["model.diffusion_model.keyframes_abs_pos_embedding"]
+    assert len(added) == 2  # one forward per step
+    for step in added:
+        first_frame = torch.zeros(step.shape[:2], dtype=torch.bool)
+        first_frame[:, : 2 * 3] = not flags  # 2 samples x 3 latent frames of 2x3 tokens
+        assert step.shape[:2] == (2, 3 * 2 * 3)
+        torch.testing.assert_close(step, expected_addition(first_frame, embedding), rtol=0, atol=1e-6)

@@ -11,6 +11,9 @@ What differs from calling diffusers directly (../shared/reference/diffusers-ltx2
 - mode="video" builds, loads and runs no audio stream and no audio <-> video cross-attention (5.8 B of the 18.9 B
   parameters of LTX-2.0); mode="audio" builds and runs no video stream.
 - Per-sample uniform timesteps are embedded once per sample rather than once per token (same values, less memory).
+
+LTX 2.5's learned keyframe embedding is added right after `proj_in` to the video tokens `keyframes_mask` marks
+(models/keyframes.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ltx2_tuner.models.attention_backends import BACKENDS, check_backend, requir
 from ltx2_tuner.models.block_swap import BlockSwap
 from ltx2_tuner.models.checkpoint import CheckpointInfo, read_checkpoint_info
 from ltx2_tuner.models.fp8 import Fp8Loader, Fp8Storage, prepare_fp8
+from ltx2_tuner.models.keyframes import add_keyframes_embedding
 from ltx2_tuner.models.loading import build_module, load_weights
 
 Mode = Literal["av", "video", "audio"]
@@ -84,6 +88,9 @@ class ModalityInput:
     positions: [B, 3, N, 2] (video) or [B, 1, N, 2] (audio) `[start, end)` bounds (`latent_layout`).
     context: [B, T, D] text context from the connectors.
     context_mask: optional [B, T], 1 = real token (None = all real, the case after connector registers).
+    keyframes_mask: optional [B, N] (or [B, N, 1]), > 0 on video tokens that get the learned keyframe embedding
+        (LTX 2.5 marks the first latent frame, `keyframes.first_frame_keyframes_mask`); ignored for audio and by models
+        without the embedding (2.0, 2.3).
     """
 
     latent: torch.Tensor
@@ -92,6 +99,7 @@ class ModalityInput:
     positions: torch.Tensor
     context: torch.Tensor
     context_mask: torch.Tensor | None = None
+    keyframes_mask: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,11 @@ class TransformerAdapter(nn.Module):
     @property
     def config(self):
         return self.backbone.config
+
+    @property
+    def has_keyframes_embedding(self) -> bool:
+        """Whether video tokens marked by `ModalityInput.keyframes_mask` get the learned embedding (LTX 2.5)."""
+        return getattr(self.backbone, "keyframes_abs_pos_embedding", None) is not None
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in backward instead of keeping its activations."""
@@ -211,6 +224,9 @@ class TransformerAdapter(nn.Module):
         prefix = "" if modality == "video" else "audio_"
         batch_size = inputs.latent.shape[0]
         hidden = getattr(model, f"{prefix}proj_in")(inputs.latent)
+        if modality == "video":
+            embedding = getattr(model, "keyframes_abs_pos_embedding", None)
+            hidden = add_keyframes_embedding(hidden, inputs.keyframes_mask, embedding)
         dtype = hidden.dtype
         scale = model.config.timestep_scale_multiplier
 

@@ -4,6 +4,8 @@ Per step, for sigma σ and next sigma σ': each guidance pass runs the transform
 `max_batch` per forward), its velocities become x0 = x - t·v with the per-token timesteps t (σ, or 0 on clean
 first-frame tokens), the passes combine into one x0 per modality (`guidance.guide`), the first-frame tokens of x0 are
 reset to the image's latent, and x ← x + (x - x0)/σ · (σ' - σ), in float32, stored in the latent dtype.
+The first latent frame is marked for LTX 2.5's keyframe embedding in every pass, T2V and I2V, as ltx-core's inference
+marks it (reference ltx-2.5-and-conditioning-modes.md A2; 2.0/2.3 ignore the mark).
 Noise, latent layout and RoPE positions are built as training builds them (training/step.py), so a LoRA sees at
 sampling time what it saw in training. Facts: ../shared/reference/official-ltx-trainer.md §1.11.
 """
@@ -29,6 +31,7 @@ from ltx2_tuner.models import (
     unpatchify_video,
     video_positions,
 )
+from ltx2_tuner.models.keyframes import first_frame_keyframes_mask
 from ltx2_tuner.sampling.defaults import GuidanceParams
 from ltx2_tuner.sampling.guidance import GuidancePass, effective_params, guide, plan_passes
 from ltx2_tuner.sampling.perturbations import perturbed
@@ -75,6 +78,7 @@ class _Stream:
     params: GuidanceParams
     clean: torch.Tensor | None = None  # [1, n, 128] first-frame tokens (the first n tokens), kept clean
     denoise: torch.Tensor | None = None  # [1, N] float32: 0 on clean tokens, 1 elsewhere
+    keyframes: torch.Tensor | None = None  # [1, N] bool: tokens that get the keyframe embedding (video)
 
     def timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
         full = sigma.expand(1, self.latent.shape[1])
@@ -193,6 +197,7 @@ def _video_stream(request: SampleRequest, noise: torch.Tensor, grid: tuple[int, 
     contexts = _contexts(request.video_context, request.video_context_negative, device, dtype)
     positions = video_positions(1, frames, height, width, request.frame_rate, device=device)
     stream = _Stream(noise.to(device, dtype), positions, contexts, request.video_guidance)
+    stream.keyframes = first_frame_keyframes_mask(1, height * width, frames * height * width, device)
     image = request.first_frame_latent
     if image is not None:
         image = image[0] if image.ndim == 5 and image.shape[0] == 1 else image
@@ -251,6 +256,7 @@ def _batched_input(stream: _Stream, chunk: list[GuidancePass], sigma: torch.Tens
         timesteps=timesteps.expand(size, -1),
         positions=stream.positions.expand(size, -1, -1, -1),
         context=torch.cat([stream.contexts[p.negative] for p in chunk]),
+        keyframes_mask=stream.keyframes.expand(size, -1) if stream.keyframes is not None else None,
     )
 
 

@@ -195,6 +195,14 @@ def _flags() -> dict[str, list[Flag]]:
                 bound=between(0, 1),
             ),
             Flag(
+                "first_frame_keyframe",
+                bool,
+                True,
+                "LTX 2.5: add the learned keyframe embedding to the first latent frame, as inference does; "
+                "--no-first_frame_keyframe leaves it off, as the official trainer does (no effect on 2.0/2.3)",
+                action="boolean",
+            ),
+            Flag(
                 "independent_audio_timestep",
                 bool,
                 True,

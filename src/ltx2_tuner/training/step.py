@@ -2,6 +2,9 @@
 
 Video: sigma per sample from the sampler (with the video token count), noise, per-token timesteps 0 on the first
 latent frame of the samples drawn for first-frame conditioning (that frame stays clean and is left out of the loss).
+LTX 2.5: the first latent frame of every sample is marked for the learned keyframe embedding, as ltx-core's
+inference marks it (with or without first-frame conditioning; the official trainer marks nothing, so its inputs
+differ from inference on those tokens); `first_frame_keyframe=False` leaves it unmarked. 2.0/2.3 ignore the mark.
 Audio (AV): its own sigma (official; or the video's with --no-independent_audio_timestep) and noise; the loss
 covers the latents of real audio only (`audio_lengths`). Loss = w_video L_video + w_audio L_audio per sample.
 """
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ltx2_tuner.models import ModalityInput, audio_positions, patchify_audio, patchify_video, video_positions
+from ltx2_tuner.models.keyframes import first_frame_keyframes_mask
 from ltx2_tuner.training import flow_matching as fm
 
 
@@ -25,6 +29,7 @@ class FlowSettings:
     independent_audio_sigma: bool = True
     video_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
+    first_frame_keyframe: bool = True  # mark the first latent frame for LTX 2.5's keyframe embedding
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ def prepare_inputs(
         )
     timesteps = fm.per_token_timesteps(sigma, conditioning, num_tokens)
     noise = _draw(x0.shape, generator, device, dtype)
+    keyframes = None
+    if flow.first_frame_keyframe:
+        keyframes = first_frame_keyframes_mask(batch_size, height * width, num_tokens, device)
     video = ModalityInput(
         latent=fm.add_noise(x0, noise, timesteps.to(device)),
         sigma=sigma.to(device),
@@ -80,6 +88,7 @@ def prepare_inputs(
         positions=video_positions(batch_size, frames, height, width, latents["fps"], device=device),
         context=conditions["video_prompt_embeds"].to(device=device, dtype=dtype),
         context_mask=mask,
+        keyframes_mask=keyframes,
     )
     video_mask = None if conditioning is None else ~conditioning.to(device)
 

@@ -180,7 +180,7 @@ def setup(args) -> Run:
         logger = MetricLogger(args.logging_dir or args.output_dir / "logs", args.log_with, vars(args), state.step)
     flow = FlowSettings(
         args.timestep_sampling, args.discrete_flow_shift, args.sigmoid_scale, args.ltx2_first_frame_conditioning_p,
-        args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight,
+        args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight, args.first_frame_keyframe,
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
                total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews,
