@@ -12,7 +12,20 @@ from ltx2_tuner.testing.tiny_checkpoint import write_tiny_checkpoint
 from ltx2_tuner.testing.tiny_gemma import write_tiny_gemma4
 from ltx2_tuner.testing.tiny_pack import write_tiny_pack
 
-FAST = ["--width", "64", "--height", "64", "--frames", "9", "--steps", "2", "--device", "cpu", "--mixed_precision", "no"]
+FAST = [
+    "--width",
+    "64",
+    "--height",
+    "64",
+    "--frames",
+    "9",
+    "--steps",
+    "2",
+    "--device",
+    "cpu",
+    "--mixed_precision",
+    "no",
+]
 SEED = 6
 
 
