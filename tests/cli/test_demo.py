@@ -41,3 +41,24 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (video.codec_context.width, video.codec_context.height, video.frames) == (96, 64, 17)
         assert audio.codec_context.name == "aac" and audio.channels == 2
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_ltx_2_5_from_its_split_pack(tmp_path):
+    """`./demo.sh --version 2.5`: the same commands on a tiny LTX 2.5 split pack, the packed Gemma 4 and the VAE
+    files found beside the transformer, and a LoRA that says it was trained on 2.5."""
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "ltx2_tuner.cli.demo", "--out", str(out), "--steps", "40", "--version", "2.5"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "split pack: transformer; text encoder 'gemma4-12b-ltx-v1'" in result.stdout
+    assert "done: 4 cached" in result.stdout and "done: 4 encoded" in result.stdout
+    assert "--text_encoder" not in result.stdout and "--gemma_root" not in result.stdout
+    with safe_open(str(out / "lora" / "demo_av_lora.safetensors"), framework="pt") as f:
+        assert f.metadata()["ltx_version"] == "2.5"
+    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", result.stdout).groups())
+    assert last < first
+    assert (out / "lora" / "sample" / "demo_av_lora_step000040_00.mp4").is_file()
+    assert "Traceback" not in result.stderr
