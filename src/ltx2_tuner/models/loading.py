@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ltx2_tuner.errors import CheckpointError
-from ltx2_tuner.models import configs
+from ltx2_tuner.models import configs, diffusion_vae
 from ltx2_tuner.models.checkpoint import CONFIG_SECTION, CheckpointInfo, read_checkpoint_info
 from ltx2_tuner.models.fp8 import SCALE_SUFFIX, Fp8Loader
 from ltx2_tuner.models.key_maps import (
@@ -74,6 +74,8 @@ def construct_module(
     from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
     from diffusers.pipelines.ltx2 import LTX2TextConnectors, LTX2Vocoder, LTX2VocoderWithBWE
 
+    if component == "video_vae" and diffusion_vae.is_diffusion_vae(section, where):  # LTX 2.5's default VAE file
+        return diffusion_vae.construct_diffusion_vae(section, where, empty)
     with init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext():
         if component == "transformer":
             return LTX2VideoTransformer3DModel.from_config(configs.transformer_config(section, where))
@@ -114,6 +116,8 @@ def load_component(
     the other half is neither built nor read. Floating-point weights are cast to `dtype` when given.
     """
     info = _info(checkpoint)
+    if component == "video_vae" and diffusion_vae.is_diffusion_vae(info.configs.get("vae", {}), str(info.path)):
+        return diffusion_vae.load_diffusion_video_vae(info, part, dtype, device)
     module = build_module(info, component)
     keep = None
     if part != "both":
@@ -235,7 +239,10 @@ def load_text_connectors(
 def load_video_vae(
     checkpoint: PathOrInfo, part: VaePart = "both", dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> nn.Module:
-    """diffusers `AutoencoderKLLTX2Video` (32x spatial, 8x temporal); `part` loads only the encoder or decoder."""
+    """diffusers `AutoencoderKLLTX2Video` (32x spatial, 8x temporal); `part` loads only the encoder or decoder.
+
+    LTX 2.5's diffusion VAE file (`_class_name` "CausalDiffusionVAE") gives the encoder as `AutoencoderKLLTX2Video`
+    without a decoder, the decoder as `LTX2VideoDiffusionDecoderModel`, both as `diffusion_vae.DiffusionVideoVae`."""
     return load_component(checkpoint, "video_vae", dtype, device, part)
 
 

@@ -8,6 +8,9 @@ Facts (read from ltx-core / ltx-trainer / diffusers' LTX2Pipeline, see the sampl
 - The released 2.0 and 2.3 video decoders are not timestep-conditioned (no `last_time_embedder` weights), so they
   decode the latents as they are. A conditioned decoder gets what ltx-core's decoder does by default: the
   normalized latents mixed with 2.5% Gaussian noise, then decoded at timestep 0.05.
+- LTX 2.5's diffusion decoder (the default `vae/ltx-2.5-video-vae-bf16` file) is a small diffusion model: it decodes
+  with the steps, output type and timestep multiplier of its file's metadata, from noise drawn with a generator
+  seeded by `seed` (`models/diffusion_decoder.py`).
 - Pixels: (x + 1) / 2 clamped to [0, 1], times 255, truncated to uint8 (ltx-trainer `video_utils`).
 - Tiled decode: the official conv-decoder layout, 384-px tiles overlapping by 192 px and 48-frame chunks
   overlapping by 24, cut on the latent grid and blended with linear ramps (ltx-core `tiling.py`).
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ltx2_tuner.models.diffusion_decoder import decode_latents, is_diffusion_decoder
 from ltx2_tuner.models.latent_layout import patchify_audio, unpatchify_audio
 
 DECODE_TIMESTEP = 0.05  # ltx-core ConvVideoDecoder.decode_timestep (timestep-conditioned decoders only)
@@ -107,13 +111,18 @@ class Decoders:
         """Normalized latents [1, 128, F, H, W] -> uint8 frames [8(F-1)+1, 32H, 32W, 3] on the CPU.
 
         `tiled` decodes in the official overlapping tiles (less memory, seams blended). `seed` draws the decode
-        noise of timestep-conditioned decoders (none of the released ones), so decoding is deterministic.
+        noise of timestep-conditioned decoders (none of the released conv ones) and of the diffusion decoder (LTX 2.5,
+        tiled in diffusers' stage-4/5 tiles), so decoding is deterministic.
         """
         vae = self.video_vae
         if latents.ndim != 5 or latents.shape[0] != 1 or latents.shape[1] != vae.config.latent_channels:
             raise ValueError(f"expected video latents [1, {vae.config.latent_channels}, F, H, W], got {latents.shape}")
         device, dtype = _where(vae)
         latents = latents.to(device, torch.float32)
+        if is_diffusion_decoder(vae):
+            denormalized = denormalize_video_latents(latents, vae).to(dtype)
+            generator = torch.Generator().manual_seed(seed)  # CPU noise: the same decode on every device
+            return to_uint8_frames(decode_latents(vae, denormalized, generator, tiled=tiled))
         timestep = None
         if vae.config.timestep_conditioning:
             noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(device)
