@@ -51,3 +51,18 @@ def test_a_pack_and_the_unified_file_generate_the_same_av_clip(tmp_path):
     (frames, sound, rate), (frames_u, sound_u, rate_u) = _read(tmp_path / "pack.mp4"), _read(tmp_path / "unified.mp4")
     assert frames.shape == (9, 64, 64, 3) and rate == rate_u == 48000  # the 2.3 vocoder with bandwidth extension
     assert np.array_equal(frames, frames_u) and np.array_equal(sound, sound_u)
+
+
+def test_the_pack_decodes_with_its_diffusion_decoder_by_default(tmp_path):
+    pack = write_tiny_pack(tmp_path / "pack", "2.5", seed=SEED)
+    outputs = {}
+    for name, flags in (("default", []), ("conv", ["--video_vae", str(pack.video_vae)])):
+        outputs[name] = tmp_path / f"{name}.mp4"
+        argv = ["--ltx2_checkpoint", str(pack.transformer), *FAST, "--prompt", "a fox", "--ltx_mode", "video"]
+        assert run(main, [*argv, *flags, "--output", str(outputs[name])]) == 0
+    with av.open(str(outputs["default"])) as container:
+        default = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    with av.open(str(outputs["conv"])) as container:
+        conv = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    assert default.shape == conv.shape == (9, 64, 64, 3)
+    assert not np.array_equal(default, conv)  # the same latents through another decoder

@@ -17,7 +17,7 @@ from ltx2_tuner.testing.tiny_pack import write_tiny_pack
 
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
-    return write_tiny_pack(tmp_path_factory.mktemp("pack"), "2.5", seed=3, text_encoder=False)
+    return write_tiny_pack(tmp_path_factory.mktemp("pack"), "2.5", seed=3, text_encoder=False, diffusion_vae=False)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
