@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ltx2_tuner.cache.cached_dataset import _conditions, _load
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_text_encoder_outputs import main
+from ltx2_tuner.testing.demo_data import write_captioned_stills
 
 CAPTIONS = {"fox": "A red fox runs through deep snow, tracking shot.", "cat": "a cat", "sea": "waves " * 200}
 
@@ -63,16 +63,7 @@ WIDTHS = {"2.0": (32, 32), "2.3": (32, 16)}  # (Dv, Da) of the tiny connectors
 
 
 def _dataset(tmp_path: Path, captions: dict[str, str] = CAPTIONS) -> Path:
-    stills = tmp_path / "stills"
-    stills.mkdir(exist_ok=True)
-    for stem, caption in captions.items():
-        Image.new("RGB", (40, 30), (200, 10, 10)).save(stills / f"{stem}.png")
-        if caption is not None:
-            (stills / f"{stem}.txt").write_text(caption, encoding="utf-8")
-    config = tmp_path / "dataset.toml"
-    config.write_text('[general]\nresolution = [64, 32]\n'
-                      '[[datasets]]\nimage_directory = "stills"\ncache_directory = "cache"\n')  # fmt: skip
-    return config
+    return write_captioned_stills(tmp_path, captions)
 
 
 def _cache(config: Path, checkpoint: Path, gemma: Path | None, *flags: str) -> int:

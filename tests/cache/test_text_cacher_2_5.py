@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_text_encoder_outputs import main
+from ltx2_tuner.testing.demo_data import write_captioned_stills
 from ltx2_tuner.testing.tiny_checkpoint import write_tiny_checkpoint
 from ltx2_tuner.testing.tiny_gemma import write_tiny_gemma4
 from ltx2_tuner.testing.tiny_pack import write_tiny_pack
@@ -47,17 +48,7 @@ def pack(tmp_path_factory):
 
 
 def _dataset(root: Path) -> Path:
-    from PIL import Image
-
-    stills = root / "stills"
-    stills.mkdir(parents=True)
-    for stem, caption in CAPTIONS.items():
-        Image.new("RGB", (40, 30), (200, 10, 10)).save(stills / f"{stem}.png")
-        (stills / f"{stem}.txt").write_text(caption, encoding="utf-8")
-    config = root / "dataset.toml"
-    config.write_text('[general]\nresolution = [64, 32]\n'
-                      '[[datasets]]\nimage_directory = "stills"\ncache_directory = "cache"\n')  # fmt: skip
-    return config
+    return write_captioned_stills(root, CAPTIONS)
 
 
 def _cache(config: Path, checkpoint: Path, *flags: str) -> int:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from ltx2_tuner.cli._common import run
@@ -23,6 +22,7 @@ from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import text_encoder as text_encoder_module
 from ltx2_tuner.models.gemma_memory import GEMMA3_12B, estimate_text_encoding_memory, whole_gemma_fits
 from ltx2_tuner.models.text_encoder import load_gemma, stream_decoder_layers
+from ltx2_tuner.testing.demo_data import write_captioned_stills
 from ltx2_tuner.testing.poisoned_host import PoisonedHost
 
 CAPTIONS = ["A red fox runs through deep snow.", "x" * 1100, "a cat"]
@@ -31,15 +31,7 @@ GB = 10**9
 
 def _dataset(workdir: Path) -> Path:
     """Three stills with captions (one longer than 1024 tokens) and a dataset config caching into workdir/cache."""
-    stills = workdir / "stills"
-    stills.mkdir()
-    for index, caption in enumerate(CAPTIONS):
-        Image.new("RGB", (40, 30), (200, 10, 10)).save(stills / f"{index}.png")
-        (stills / f"{index}.txt").write_text(caption, encoding="utf-8")
-    config = workdir / "dataset.toml"
-    config.write_text('[general]\nresolution = [64, 32]\n'
-                      '[[datasets]]\nimage_directory = "stills"\ncache_directory = "cache"\n')  # fmt: skip
-    return config
+    return write_captioned_stills(workdir, {str(index): caption for index, caption in enumerate(CAPTIONS)})
 
 
 def _cache(config: Path, checkpoint: Path, gemma: Path, *flags: str) -> int:

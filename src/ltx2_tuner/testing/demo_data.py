@@ -35,3 +35,20 @@ def write_demo_dataset(root: Path, num_clips: int = 4, num_frames: int = 25, fps
         encoding="utf-8",
     )
     return config
+
+
+def write_captioned_stills(root: Path, captions: dict[str, str | None]) -> Path:
+    """`root/stills/{stem}.png` (40x30, red) with `{stem}.txt` holding each caption (None: no caption file), and
+    `root/dataset.toml` caching them into `root/cache` at 64x32; return the config. For text-caching tests."""
+    from PIL import Image
+
+    stills = root / "stills"
+    stills.mkdir(parents=True, exist_ok=True)
+    for stem, caption in captions.items():
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(stills / f"{stem}.png")
+        if caption is not None:
+            (stills / f"{stem}.txt").write_text(caption, encoding="utf-8")
+    config = root / "dataset.toml"
+    config.write_text('[general]\nresolution = [64, 32]\n'
+                      '[[datasets]]\nimage_directory = "stills"\ncache_directory = "cache"\n')  # fmt: skip
+    return config
