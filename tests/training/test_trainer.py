@@ -187,8 +187,8 @@ def test_max_train_epochs_counts_epochs(tiny_checkpoints, tmp_path):
         "ltx2_lora-step000003.safetensors", "ltx2_lora-step000006.safetensors"]  # fmt: skip
 
 
-@pytest.mark.parametrize("version", ["2.3", "2.5"])
-def test_a_split_transformer_trains_on_existing_caches_and_equals_the_unified_run(tmp_path, version):
+@pytest.mark.parametrize(("version", "mode"), [("2.3", "av"), ("2.5", "av"), ("2.5", "video")])
+def test_a_split_transformer_trains_on_existing_caches_and_equals_the_unified_run(tmp_path, version, mode):
     """Training needs the transformer alone: a split pack's transformer file (no VAE, no text encoder beside it)
     trains the LoRA the unified file of the same weights trains."""
     from ltx2_tuner.testing import write_tiny_checkpoint
@@ -200,7 +200,7 @@ def test_a_split_transformer_trains_on_existing_caches_and_equals_the_unified_ru
     lone.parent.mkdir()
     pack.transformer.rename(lone)
     config = write_synthetic_dataset(tmp_path / "data", version=version)
-    flags = ("--ltx_mode", "av", "--max_train_steps", "2")
+    flags = ("--ltx_mode", mode, "--max_train_steps", "2")
     assert _train(unified, config, tmp_path / "a", *flags) == 0
     assert _train(lone, config, tmp_path / "b", *flags) == 0
     a, b = (load_file(str(tmp_path / out / "ltx2_lora.safetensors")) for out in ("a", "b"))
