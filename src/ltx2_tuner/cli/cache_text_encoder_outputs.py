@@ -22,7 +22,7 @@ from ltx2_tuner.cli._common import (
     run,
 )
 from ltx2_tuner.dtypes import COMPUTE_DTYPES
-from ltx2_tuner.errors import CheckpointError, ConfigError
+from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.flags import TEXT_ENCODER, with_help
 
 GEMMA_DTYPE = torch.bfloat16  # Gemma 3's own dtype, as the official trainer and diffusers' pipeline run it
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     check_quantization(quantization, device)
     datasets = load_dataset_config(args.dataset_config)
     files = model_files(args.ltx2_checkpoint, text_encoder=args.text_encoder or args.gemma_root)
-    text_encoder = _text_encoder_path(files)
+    text_encoder = files.text_encoder(required=False)  # not needed when every cache is current
     if args.ltx2_text_encoder_checkpoint:
         info = connector_checkpoint(args.ltx2_checkpoint, args.ltx2_text_encoder_checkpoint)
     else:
@@ -163,14 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     for reason in summary.failed:
         print(f"  failed: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
-
-
-def _text_encoder_path(files) -> Path | None:
-    """--text_encoder / --gemma_root, else a split pack's own text encoder, else None (every cache may be current)."""
-    try:
-        return files.text_encoder()
-    except CheckpointError:
-        return None
 
 
 def _load_encoder(

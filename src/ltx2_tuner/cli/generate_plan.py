@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ltx2_tuner.errors import CacheError, CheckpointError, ConfigError, Ltx2TunerError
+from ltx2_tuner.errors import CacheError, ConfigError, Ltx2TunerError
 
 DEFAULTS = {"width": 768, "height": 512, "frames": 121, "fps": 24.0, "seed": 42}
 
@@ -73,7 +73,7 @@ def plan(args) -> Plan:
     files = check(lambda: model_files(args.ltx2_checkpoint, args.video_vae, args.audio_vae, text_encoder))
     info = files.transformer if files is not None else None
     if files is not None and text_encoder is None and not args.prompt_cache:
-        text_encoder = _pack_text_encoder(files)
+        text_encoder = files.text_encoder(required=False)  # a split pack's own; else the source check says
     source_problems = _prompt_source_problems(args, text_encoder)
     problems += source_problems
     cached = check(lambda: _read_prompt_cache(args, info)) if args.prompt_cache and not source_problems else None
@@ -100,14 +100,6 @@ def plan(args) -> Plan:
     if problems:
         raise ConfigError(f"{len(problems)} problems with the flags:\n" + "\n".join(f"  {p}" for p in problems))
     return Plan(info, jobs, loras, gemma, files, connectors)
-
-
-def _pack_text_encoder(files):
-    """A split pack's own text encoder, or None (the prompt-source check then says what to pass)."""
-    try:
-        return files.text_encoder()
-    except CheckpointError:
-        return None
 
 
 def guidance(job: Job, args, version: str):

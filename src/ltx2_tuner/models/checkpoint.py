@@ -143,12 +143,7 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     if kind == "video_vae" and not any(name.startswith("vae.") for name in header.tensors):
         header = rename_tensors(header, lambda name: f"vae.{name}" if name.startswith(_BARE_VAE_ROOTS) else name)
 
-    tensor_names: dict[str, list[str]] = {}
-    for name in header.tensors:
-        component = component_of(name)
-        if component is not None:
-            tensor_names.setdefault(component, []).append(name)
-
+    tensor_names = _tensor_names(header)
     model_version = header.metadata.get("model_version")
     gemma_source = _gemma_source(path, header.metadata)
     if "transformer" in config:
@@ -171,19 +166,24 @@ def read_checkpoint_info(path: str | os.PathLike) -> CheckpointInfo:
     )
 
 
+def _tensor_names(header: SafetensorsHeader) -> dict[str, list[str]]:
+    """Official tensor names by the component they belong to (tensors we do not use are left out)."""
+    names: dict[str, list[str]] = {}
+    for name in header.tensors:
+        if (component := component_of(name)) is not None:
+            names.setdefault(component, []).append(name)
+    return names
+
+
 def _read_config(path: Path, header: SafetensorsHeader) -> dict:
     raw_config = header.metadata.get("config")
     if raw_config is None:
-        tensor_names: dict[str, list[str]] = {}
-        for name in header.tensors:
-            if (component := component_of(name)) is not None:
-                tensor_names.setdefault(component, []).append(name)
-        raise CheckpointError(_explain_missing_config(path, header, tensor_names))
+        raise CheckpointError(_explain_missing_config(path, header, _tensor_names(header)))
     try:
         config = json.loads(raw_config)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path}: metadata `config` is not valid JSON; {_OFFICIAL_HINT}") from None
-    if not isinstance(config, dict) or not any(isinstance(config.get(s), dict) for s in _FILE_KINDS_BY_SECTION):
+    if not isinstance(config, dict) or not any(isinstance(config.get(s), dict) for s in _FILE_SECTIONS):
         raise CheckpointError(
             f"{path}: metadata `config` has no `transformer`, `vae`, `audio_vae` or `vocoder` section; {_OFFICIAL_HINT}"
         )
@@ -191,12 +191,7 @@ def _read_config(path: Path, header: SafetensorsHeader) -> dict:
 
 
 # The unified file has the transformer and a VAE section; a split pack has one file per role.
-_FILE_KINDS_BY_SECTION = {
-    "transformer": "transformer",
-    "vae": "video_vae",
-    "audio_vae": "audio_vae",
-    "vocoder": "audio_vae",
-}
+_FILE_SECTIONS = ("transformer", "vae", "audio_vae", "vocoder")
 _KIND_COMPONENTS = {
     "unified": COMPONENTS,
     "transformer": ("transformer", "text_connectors"),
@@ -208,7 +203,7 @@ _BARE_VAE_ROOTS = ("encoder.", "decoder.", "per_channel_statistics.")
 
 def _file_kind(config: dict) -> str:
     """ "unified", or the role of one split-pack file: "transformer", "video_vae" or "audio_vae"."""
-    sections = [section for section in _FILE_KINDS_BY_SECTION if isinstance(config.get(section), dict)]
+    sections = [section for section in _FILE_SECTIONS if isinstance(config.get(section), dict)]
     if "transformer" in sections:
         return "unified" if len(sections) > 1 else "transformer"
     if "vae" in sections:

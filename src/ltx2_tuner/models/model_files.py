@@ -92,17 +92,20 @@ class ModelFiles:
         """The file with the audio VAE and the vocoder: --audio_vae, the unified checkpoint, or vae/*audio-vae*."""
         return self._component_file("audio_vae", self.audio_vae_path, AUDIO_VAE_FLAG, "audio-vae")
 
-    def text_encoder(self) -> Path:
-        """The Gemma directory or packed text-encoder file: --text_encoder / --gemma_root, or the pack's own."""
+    def text_encoder(self, required: bool = True) -> Path | None:
+        """The Gemma directory or packed text-encoder file: --text_encoder / --gemma_root, or the pack's own.
+        When there is none: CheckpointError naming the flag, or None if not `required`."""
         if self.text_encoder_path is not None:
             return self.text_encoder_path
         if self.transformer.kind == "transformer":
             found = self._find("text_encoders", ("gemma",), prefer="with-proj")
             if found is not None:
                 return found
+        if not required:
+            return None
         raise CheckpointError(
             f"{self.transformer.path}: no text encoder given; pass {TEXT_ENCODER_FLAG} with "
-            f"{_TEXT_ENCODER_HINT.get(self.version, _TEXT_ENCODER_HINT['2.3'])}"
+            f"{_text_encoder_hint(self.version)}"
         )
 
     def connectors(self) -> CheckpointInfo:
@@ -194,7 +197,7 @@ def check_gemma_pair(transformer: CheckpointInfo, gemma) -> None:
     actual = getattr(gemma, "gemma_version", None)
     family = getattr(gemma, "family", "gemma3")
     found = f"Gemma 4 ({actual or 'no gemma_version'})" if family == "gemma4" else "Gemma 3"
-    hint = _TEXT_ENCODER_HINT.get(transformer.version, _TEXT_ENCODER_HINT["2.3"])
+    hint = _text_encoder_hint(transformer.version)
     if expected is not None and actual != expected:
         raise CheckpointError(
             f"{gemma.root}: is {found}, but {transformer.path.name} (LTX-{transformer.version}) was trained with "
@@ -218,6 +221,10 @@ _TEXT_ENCODER_HINT = {
     "2.5": "the LTX Gemma 4 (text_encoders/gemma4-12b-with-proj-ltx-2.5-bf16.safetensors or a gemma4-12b-ltx-v1 "
     "directory)",
 }
+
+
+def _text_encoder_hint(version: str) -> str:
+    return _TEXT_ENCODER_HINT.get(version, _TEXT_ENCODER_HINT["2.3"])
 
 
 def model_files(

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ltx2_tuner.cache import sample_prompts as samples
-from ltx2_tuner.errors import CacheError, CheckpointError, ConfigError
+from ltx2_tuner.errors import CacheError, ConfigError
 from ltx2_tuner.models.text_embeddings import check_text_encoder
 from ltx2_tuner.sampling.decode import Decoders
 from ltx2_tuner.sampling.defaults import sampling_defaults
@@ -58,12 +58,9 @@ class PreviewRunner:
         embeds, stale = _cached_embeds(prompts_file, args.ltx_mode, info.version)
         gemma = connectors = None
         if embeds is None:
-            try:
-                text_encoder = files.text_encoder()
-            except CheckpointError:
-                raise ConfigError(
-                    f"{stale}; or pass --text_encoder (the Gemma text encoder) to encode them at setup"
-                ) from None
+            text_encoder = files.text_encoder(required=False)
+            if text_encoder is None:
+                raise ConfigError(f"{stale}; or pass --text_encoder (the Gemma text encoder) to encode them at setup")
             connectors = files.connectors()
             gemma = check_text_encoder(connectors, info, text_encoder, args.ltx_mode)
         video_vae = files.video_vae()
