@@ -1,12 +1,15 @@
-"""Cost of training in video mode versus AV mode: weights, forward+backward time and peak memory (CPU).
+"""Cost of training in video mode and audio mode (T2A) versus AV mode: weights, forward+backward time and peak memory.
 
-A video LoRA does not need the audio stream. mode="video" neither loads nor runs the audio stream and the
-audio <-> video cross-attention; this benchmark measures what that saves, as ratios video / AV measured in one run.
+A video LoRA does not need the audio stream: mode="video" neither loads nor runs the audio stream and the
+audio <-> video cross-attention. An audio LoRA (T2A) does not need the video stream: mode="audio" neither loads nor
+runs the video stream and the cross-attention. This benchmark measures what each saves, as ratios video / AV and
+audio / AV measured in one run.
 
 Setup: a random "bench"-size checkpoint from the tiny-checkpoint factory (16 layers, video width 512, audio 256),
 fp32 on the CPU; a batch of 1 with 4 x 8 x 12 video latents (33 frames at 256 x 384) and the matching 1.4 s of
-audio latents; gradients on the video attention projections only (what a video LoRA trains). Each mode runs in a
-fresh process: the weights are loaded first, then the peak resident memory of one forward+backward is taken above
+audio latents (T2A: the same audio alone); gradients on the weights of the mode's default LoRA preset (video: the
+video attention projections; AV: every attention projection; T2A: audio attention and feed-forward, what each mode's
+LoRA trains). Each mode runs in a fresh process: the weights are loaded first, then the peak resident memory of one forward+backward is taken above
 that, and the time is the median of 3 steps after a warm-up.
 
     python benchmarks/bench_modes.py [--version 2.0|2.3] [--workdir DIR] [--keep]
@@ -35,12 +38,15 @@ def child(path: str, mode: str) -> None:
     import torch
 
     from ltx2_tuner.models import ModalityInput, audio_latent_count, audio_positions, load_transformer, video_positions
+    from ltx2_tuner.networks.lora_ltx2 import PRESETS
+    from ltx2_tuner.roles import roles_for
 
     torch.manual_seed(0)
     model = load_transformer(path, mode=mode)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    trained = re.compile(PRESETS[roles_for(mode).default_preset])
     for name, param in model.backbone.named_parameters():
-        param.requires_grad_(bool(re.search(r"\.(attn1|attn2)\.to_(q|k|v|out\.0)\.weight$", name)))
+        param.requires_grad_(name.endswith(".weight") and bool(trained.fullmatch(name.removesuffix(".weight"))))
     config = model.config
     video_context = config.caption_channels if config.use_prompt_embeddings else config.cross_attention_dim
     audio_context = config.caption_channels if config.use_prompt_embeddings else config.audio_cross_attention_dim
@@ -51,7 +57,7 @@ def child(path: str, mode: str) -> None:
                           video_positions(1, FRAMES, HEIGHT, WIDTH, FPS), torch.randn(1, 128, video_context))  # fmt: skip
     audio = ModalityInput(torch.randn(1, audio_tokens, 128), sigma, sigma.expand(1, audio_tokens),
                           audio_positions(1, audio_tokens), torch.randn(1, 128, audio_context))  # fmt: skip
-    inputs = {"video": video, "audio": audio if mode == "av" else None}
+    inputs = {"video": video if mode != "audio" else None, "audio": audio if mode != "video" else None}
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -91,20 +97,22 @@ def main() -> int:
             print(f"writing {path} ...", flush=True)
             write_tiny_checkpoint(workdir, args.version, size="bench", path=path)
         results = {}
-        for mode in ("av", "video"):
+        for mode in ("av", "video", "audio"):
             out = subprocess.run([sys.executable, __file__, "--child", str(path), mode], capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"bench_modes: mode {mode} failed:\n{out.stderr}")
             results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-        av, video = results["av"], results["video"]
+        av = results["av"]
         print(f"\nLTX-{args.version} bench transformer, fp32 CPU, {FRAMES}x{HEIGHT}x{WIDTH} video latents + audio\n")
         print(f"{'mode':<8} {'weights MiB':>11} {'fwd+bwd peak +MiB':>17} {'fwd+bwd s':>9}")
         for mode, r in results.items():
             print(f"{mode:<8} {r['weights'] / MIB:>11.1f} {r['peak'] / MIB:>17.1f} {r['seconds']:>9.3f}")
-        print(
-            f"{'video/av':<8} {video['weights'] / av['weights']:>10.2f}x {video['peak'] / av['peak']:>16.2f}x "
-            f"{video['seconds'] / av['seconds']:>8.2f}x"
-        )
+        for mode in ("video", "audio"):
+            r = results[mode]
+            print(
+                f"{mode + '/av':<8} {r['weights'] / av['weights']:>10.2f}x {r['peak'] / av['peak']:>16.2f}x "
+                f"{r['seconds'] / av['seconds']:>8.2f}x"
+            )
         return 0
     finally:
         if not args.keep:

@@ -114,4 +114,14 @@ TEXT_ENCODER = Flag(
     "Gemma text encoder: a Gemma 3 directory (LTX-2/2.3), or LTX 2.5's Gemma 4 as the packed file "
     "(text_encoders/gemma4-*-with-proj-*.safetensors) or a directory (default: the split pack's own)",
 )
-LTX_MODE = Flag("ltx_mode", str, "video", "video, or av: audio and video", choices=("video", "av"))
+LTX_MODE = Flag(
+    "ltx_mode", str, "video", "video, av (audio and video) or audio (audio only)", choices=("video", "av", "audio")
+)
+FROZEN_MODALITY = Flag(
+    "frozen_modality",
+    str,
+    None,
+    "with --ltx_mode av: keep this modality clean (timestep 0, no loss) as the condition of the other; "
+    "audio = audio-to-video (A2V), video = video-to-audio (V2A, Foley)",
+    choices=("video", "audio"),
+)

@@ -45,7 +45,7 @@ def _cache_item(dataset, stem, window, latent_frames, fps=24.0, audio_len=None, 
         lengths = torch.tensor([audio_len if audio_present else 0], dtype=torch.int32)
         write_cache(naming.audio_cache_path(dataset.cache_directory, key),
                     {naming.audio_latents_key(audio): audio, "audio_lengths_int32": lengths},
-                    {**fingerprint, "audio_checkpoint": CHECKPOINT, "audio": "x"})  # fmt: skip
+                    {**fingerprint, "audio_checkpoint": CHECKPOINT, "audio": "x", "audio_preprocessing": "x"})  # fmt: skip
     if text:
         write_cache(naming.text_cache_path(dataset.cache_directory, stem), {
             "video_prompt_embeds_bfloat16": torch.randn(16, 8, dtype=torch.bfloat16),
@@ -69,7 +69,7 @@ def test_batches_merge_the_three_caches_and_never_mix_shapes(tmp_path):
     for stem in ("a", "b", "c"):
         _cache_item(dataset, stem, 9, latent_frames=2, audio_len=10)
     _cache_item(dataset, "d", 17, latent_frames=3, audio_len=18)
-    batches = CachedBatches([dataset], mode="av", seed=1)
+    batches = CachedBatches([dataset], "av", seed=1)
     shapes = sorted(len(batches[i]["items"]) for i in range(len(batches)))
     assert shapes == [1, 1, 2]  # 3 items of one shape in batches of 2, 1 of another shape
     for index in range(len(batches)):
@@ -181,7 +181,7 @@ def test_text_cache_must_fit_the_mode_the_model_and_the_caption(tmp_path):
     write_text("video", "2.3", "a red ball")
     assert len(CachedBatches([dataset], "video", model_version="2.3")) == 1
     with pytest.raises(
-        CacheError, match=r"made with --ltx_mode video .* training is AV; .*ltx2_cache_text_encoder_outputs"
+        CacheError, match=r"made with --ltx_mode video \(no audio embeddings\) but training needs them \(--ltx_mode av\); .*ltx2_cache_text_encoder_outputs"
     ):
         CachedBatches([dataset], "av")
     write_text("video", "2.0", "a red ball")

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from ltx2_tuner.cache.cached_dataset import _conditions, _load
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.cache_text_encoder_outputs import main
+from ltx2_tuner.roles import roles_for
 from ltx2_tuner.testing.demo_data import write_captioned_stills
 
 CAPTIONS = {"fox": "A red fox runs through deep snow, tracking shot.", "cat": "a cat", "sea": "waves " * 200}
@@ -143,7 +144,7 @@ def test_keys_dtypes_shapes_and_the_trainer_reads_them(tmp_path, tiny_checkpoint
         joined = video if mode == "video" else torch.cat([video, tensors["audio_prompt_embeds_bfloat16"]], -1)
         assert torch.equal(tensors["text_bfloat16"], joined)
 
-    conditions = _conditions(_load(tmp_path / "cache" / "fox_ltx2_te.safetensors"), mode, dv)
+    conditions = _conditions(_load(tmp_path / "cache" / "fox_ltx2_te.safetensors"), roles_for(mode), dv)
     assert torch.equal(conditions["video_prompt_embeds"], video)
     assert conditions["prompt_attention_mask"].eq(1).all()
     if mode == "av":
@@ -151,7 +152,7 @@ def test_keys_dtypes_shapes_and_the_trainer_reads_them(tmp_path, tiny_checkpoint
     if compat:  # a file with only the compatibility keys reads the same
         only = tmp_path / "compat_only.safetensors"
         save_file({k: v for k, v in tensors.items() if k.startswith("text")}, only)
-        legacy = _conditions(_load(only), mode, dv)
+        legacy = _conditions(_load(only), roles_for(mode), dv)
         assert legacy.keys() == conditions.keys()
         assert all(torch.equal(legacy[k], conditions[k]) for k in conditions)
 

@@ -289,3 +289,70 @@ def test_undecodable_file_is_a_media_error(tmp_path):
     path.write_bytes(b"not audio at all" * 64)
     with pytest.raises(MediaError, match=r"garbage\.wav: cannot open .*; re-encode it"):
         load_audio_clip(path, 0.0, 0.1)
+
+
+# ---- probing and duration buckets
+
+
+@pytest.mark.parametrize(("suffix", "rate", "channels"), [(".wav", 22050, 1), (".flac", 44100, 6), (".mp3", 48000, 2)])
+def test_probe_audio_reads_duration_rate_and_channels(tmp_path, suffix, rate, channels):
+    from ltx2_tuner.data.audio import probe_audio
+    from ltx2_tuner.testing.audio_reference import decode_all
+
+    path = write_audio(tmp_path / f"clip{suffix}", np.zeros((channels, int(1.37 * rate)), np.float32), rate)
+    info = probe_audio(path)
+    assert (info.sample_rate, info.channels) == (rate, channels)
+    decoded = decode_all(path)[0].shape[1]
+    assert info.duration_s == pytest.approx(decoded / rate, abs=1e-3)
+
+
+def test_probe_audio_counts_the_samples_of_a_raw_stream(tmp_path):
+    # ADTS AAC has no duration in any header; FFmpeg's bit-rate estimate is off by percents.
+    from ltx2_tuner.data.audio import probe_audio
+    from ltx2_tuner.testing.audio_reference import decode_all
+
+    path = write_audio(tmp_path / "clip.aac", tone(1.0, 44100, (440.0, 660.0)), 44100)
+    assert probe_audio(path).duration_s == pytest.approx(decode_all(path)[0].shape[1] / 44100, abs=1e-9)
+
+
+def test_probe_audio_errors_are_one_line(tmp_path):
+    from ltx2_tuner.data.audio import probe_audio
+
+    (tmp_path / "noise.ogg").write_bytes(b"OggS not really")
+    with pytest.raises(MediaError, match=r"noise\.ogg: cannot open"):
+        probe_audio(tmp_path / "noise.ogg")
+    with pytest.raises(MediaError, match=r"gone\.wav: media file not found"):
+        probe_audio(tmp_path / "gone.wav")
+    with pytest.raises(MediaError, match=r"silent\.mp4: no audio stream"):
+        probe_audio(_write_video(tmp_path / "silent.mp4"))
+
+
+@pytest.mark.parametrize(
+    ("duration", "interval", "strategy", "cap", "expected"),
+    [
+        (1.37, 0.5, "pad", 30.0, 1.5),  # up to the next multiple
+        (1.37, 0.5, "truncate", 30.0, 1.0),  # down to the previous one
+        (0.3, 0.5, "truncate", 30.0, 0.5),  # shorter than one interval: one interval (padded)
+        (0.3, 0.5, "pad", 30.0, 0.5),
+        (2.0, 0.5, "pad", 30.0, 2.0),  # a whole multiple stays
+        (2.0000004, 0.5, "pad", 30.0, 2.0),  # a header rounded to the microsecond is still the whole multiple
+        (1.9999996, 0.5, "truncate", 30.0, 2.0),
+        (0.3 * 3, 0.1, "pad", 30.0, 0.9),  # 0.30000000000000004 x 3: no float dust in the bucket
+        (45.2, 2.0, "pad", 30.0, 30.0),  # capped at max_audio_duration (the clip is cut)
+        (45.2, 2.0, "truncate", 25.0, 25.0),
+        (7.1, 2.0, "pad", 7.0, 7.0),  # a cap that is no multiple of the interval is still the cap
+    ],
+)
+def test_audio_bucket_seconds(duration, interval, strategy, cap, expected):
+    from ltx2_tuner.data.audio_buckets import audio_bucket_seconds
+
+    assert audio_bucket_seconds(duration, interval, strategy, cap) == expected
+
+
+def test_audio_bucket_rejects_bad_arguments():
+    from ltx2_tuner.data.audio_buckets import audio_bucket_seconds
+
+    with pytest.raises(ValueError, match="strategy"):
+        audio_bucket_seconds(1.0, 0.5, "round", 30.0)
+    with pytest.raises(ValueError, match="positive"):
+        audio_bucket_seconds(0.0, 0.5, "pad", 30.0)

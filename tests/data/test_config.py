@@ -116,3 +116,99 @@ def test_general_video_keys_do_not_trouble_image_datasets(tmp_path):
 
 def test_snap_frame_count():
     assert [snap_frame_count(n) for n in (1, 8, 9, 16, 17, 50, 121)] == [1, 1, 9, 9, 17, 49, 121]
+
+
+# ---- audio datasets
+
+
+def test_audio_datasets_take_the_audio_keys_and_others_keep_the_defaults(tmp_path):
+    (tmp_path / "voice").mkdir()
+    (tmp_path / "voice.jsonl").write_text("")
+    path = _write(
+        tmp_path,
+        """
+[general]
+audio_bucket_interval = 1
+max_audio_duration = 12.5
+
+[[datasets]]
+audio_directory = "voice"
+audio_bucket_strategy = "truncate"
+
+[[datasets]]
+audio_jsonl_file = "voice.jsonl"
+cache_directory = "cache/jsonl"
+audio_bucket_interval = 0.25
+
+[[datasets]]
+video_directory = "clips"
+""",
+    )
+    directory, jsonl, video = load_dataset_config(path)
+    assert (directory.kind, directory.source, directory.source_is_jsonl) == ("audio", tmp_path / "voice", False)
+    assert (directory.audio_bucket_interval, directory.audio_bucket_strategy, directory.max_audio_duration) == (
+        1.0, "truncate", 12.5,
+    )  # fmt: skip
+    assert isinstance(directory.audio_bucket_interval, float)  # an integer in the TOML becomes seconds as a float
+    assert (jsonl.kind, jsonl.source_is_jsonl, jsonl.audio_bucket_interval) == ("audio", True, 0.25)
+    assert (jsonl.audio_bucket_strategy, jsonl.max_audio_duration) == ("pad", 12.5)
+    # [general] audio keys do not apply to video datasets: they keep the (unused) defaults.
+    defaults = load_dataset_config(_write(tmp_path, '[[datasets]]\naudio_directory = "voice"'))[0]
+    assert video.kind == "video"
+    assert (video.audio_bucket_interval, video.audio_bucket_strategy, video.max_audio_duration) == (
+        defaults.audio_bucket_interval, defaults.audio_bucket_strategy, defaults.max_audio_duration,
+    )  # fmt: skip
+    assert (defaults.audio_bucket_interval, defaults.audio_bucket_strategy, defaults.max_audio_duration) == (
+        2.0, "pad", 30.0,
+    )  # fmt: skip
+
+
+def test_keys_of_other_kinds_are_named_in_one_error(tmp_path):
+    (tmp_path / "voice").mkdir()
+    path = _write(
+        tmp_path,
+        """
+[[datasets]]
+image_directory = "images"
+max_audio_duration = 10
+
+[[datasets]]
+video_directory = "clips"
+audio_bucket_strategy = "pad"
+
+[[datasets]]
+audio_directory = "voice"
+target_frames = [9]
+resolution = 256
+audio_bucket_strategy = "trim"
+audio_bucket_interval = 0
+""",
+    )
+    with pytest.raises(DatasetError) as caught:
+        load_dataset_config(path)
+    message = str(caught.value)
+    assert '[[datasets]] #1: key "max_audio_duration" applies to audio datasets only' in message
+    assert '[[datasets]] #2: key "audio_bucket_strategy" applies to audio datasets only' in message
+    assert '[[datasets]] #3: key "target_frames" applies to video datasets only' in message
+    assert '[[datasets]] #3: key "resolution" applies to image and video datasets only' in message
+    assert 'key "audio_bucket_strategy" must be one of pad, truncate' in message
+    assert 'key "audio_bucket_interval" must be positive' in message
+    assert message.count(str(path)) == 6
+
+
+def test_dataset_kinds_that_do_not_fit_the_mode_get_one_line_each(tmp_path):
+    from ltx2_tuner.data.config import check_dataset_kinds, dataset_kind_problems
+
+    (tmp_path / "voice").mkdir()
+    text = '[[datasets]]\nimage_directory = "images"\n[[datasets]]\nvideo_directory = "clips"\n'
+    text += '[[datasets]]\naudio_directory = "voice"\n'
+    image, video, audio = load_dataset_config(_write(tmp_path, text))
+    (problem,) = dataset_kind_problems([image, video, audio], "audio")
+    assert problem.startswith(f"{image.name}: ") and "remove it from the dataset config for --ltx_mode audio" in problem
+    assert "no sound" in problem
+    for mode in ("video", "av"):
+        (problem,) = dataset_kind_problems([image, video, audio], mode)
+        assert problem.startswith(f"{audio.name}: audio datasets train with --ltx_mode audio")
+    assert dataset_kind_problems([video, audio], "audio") == []
+    with pytest.raises(DatasetError, match="has no sound"):
+        check_dataset_kinds([image, audio], "audio")

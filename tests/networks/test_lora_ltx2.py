@@ -290,3 +290,57 @@ def test_a_2_3_lora_loads_on_2_5_and_the_reverse_is_warned(tiny_checkpoints, tmp
     warning = lora_version_warning(reverse, "2.3")
     assert warning.startswith(f"{reverse}: was trained on LTX-2.5 and is applied to LTX-2.3")
     assert "2.0" in lora_version_warning(path, "2.0")
+
+
+@pytest.mark.parametrize("mode", ["t2a", "a2v", "v2a"])
+def test_mode_default_presets_select_the_documented_layers_and_diffusers_reproduces_them(
+    tiny_checkpoints, tmp_path, mode
+):
+    from ltx2_tuner.roles import roles_by_name
+
+    roles = roles_by_name(mode)
+    tiny = tiny_checkpoints["2.3"]
+    model = load_transformer(tiny.path, mode=roles.build)
+    targets = lora.select_targets(model.backbone, roles)
+    modules = {target.split(".")[2] for target in targets}
+    assert (
+        modules
+        == {
+            "t2a": {"audio_attn1", "audio_attn2", "audio_ff"},
+            "a2v": {"attn1", "attn2", "audio_to_video_attn"},
+            "v2a": {"audio_attn1", "audio_attn2", "audio_ff", "video_to_audio_attn"},
+        }[mode]
+    )
+    assert not any("to_gate_logits" in target for target in targets)
+
+    # Saved from the AV build (as a LoRA is used in joint generation), it loads in diffusers' LTX-2 transformer.
+    av_model, spec, _ = _network(tiny.path, mode="av", args=[f"preset={roles.default_preset}"])
+    path = tmp_path / "lora.safetensors"
+    lora.save_lora(path, av_model.backbone, spec, {}, dtype=torch.float32)
+    from diffusers.loaders.lora_pipeline import LTX2LoraLoaderMixin
+
+    state_dict = LTX2LoraLoaderMixin.lora_state_dict(str(path))
+    state_dict = state_dict[0] if isinstance(state_dict, tuple) else state_dict
+    plain = load_transformer_backbone(tiny.path)
+    plain.load_lora_adapter(state_dict, prefix="transformer", adapter_name="ours")
+    video, audio = make_inputs(av_model.config)
+    with torch.no_grad():
+        ours = av_model(video, audio)
+        theirs = diffusers_forward(plain, video, audio, uniform=True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_an_audio_only_lora_merged_into_an_av_build_changes_only_audio_weights(tiny_checkpoints, tmp_path):
+    from ltx2_tuner.networks.lora_merge import merge_lora
+
+    tiny = tiny_checkpoints["2.3"]
+    audio_model, spec, _ = _network(tiny.path, mode="audio", args=None)  # the T2A default preset
+    path = tmp_path / "t2a.safetensors"
+    lora.save_lora(path, audio_model.backbone, spec, {}, dtype=torch.float32)
+    av = load_transformer(tiny.path, mode="av")
+    before = {name: tensor.clone() for name, tensor in av.backbone.state_dict().items()}
+    assert merge_lora(av.backbone, path, 1.0) == len(spec.targets)
+    changed = {name for name, tensor in av.backbone.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert changed and all(name.split(".")[2].startswith("audio_") for name in changed), sorted(changed)
+    assert changed == {f"{target}.weight" for target in spec.targets}

@@ -109,7 +109,7 @@ def test_shared_flags_are_one_definition(flag):
         assert (other.type, other.default, other.choices) == (trainer.type, trainer.default, trainer.choices)
         shared = other.help.split(";")[0].split(" (default")[0]
         assert trainer.help.startswith(shared)
-    assert _action(build_parser(), "--ltx_mode").choices == ("video", "av")
+    assert _action(build_parser(), "--ltx_mode").choices == ("video", "av", "audio")
 
 
 def test_precision_names_map_to_one_dtype_each():

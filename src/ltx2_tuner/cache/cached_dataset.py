@@ -1,15 +1,16 @@
 """Training batches from the cache files: video latents, audio sidecars and text encoder outputs, merged.
 
-    batches = CachedBatches(load_dataset_config("dataset.toml"), mode="av", seed=42)
+    batches = CachedBatches(load_dataset_config("dataset.toml"), roles_for("av"), seed=42)
     batches.set_epoch(0)
     batch = batches[0]
-    batch["latents"]        {"latents": [B, 128, F, H, W], "num_frames", "height", "width", "fps": [B]}
-    batch["audio_latents"]  {"latents": [B, 8, T, 16], "lengths": [B]}                      (AV only)
-    batch["conditions"]     {"video_prompt_embeds": [B, L, Dv], "audio_prompt_embeds": [B, L, Da] (AV),
-                             "prompt_attention_mask": [B, L]}
+    batch["latents"]        {"latents": [B, 128, F, H, W], "num_frames", "height", "width", "fps": [B]} (video present)
+    batch["audio_latents"]  {"latents": [B, 8, T, 16], "lengths": [B]}                      (audio present)
+    batch["conditions"]     {"video_prompt_embeds": [B, L, Dv], "audio_prompt_embeds": [B, L, Da] (of the present
+                             modalities), "prompt_attention_mask": [B, L]}
     batch["items"]          cache keys of the batch, for messages
 
-A batch never mixes datasets or shapes (latent frames x height x width, and audio length in AV mode). The order of
+Which modalities are present comes from the modality roles (roles.py); T2A batches have no "latents".
+A batch never mixes datasets or shapes (latent frames x height x width, and audio length when audio is present). The order of
 items and batches is shuffled per epoch from (seed, epoch). Every cache file is checked when the dataset is built
 (`cached_items.scan_cached_items`), so loading a batch cannot meet a missing key or a truncated file made before the
 run. Facts: ../shared/spec/000_bbc565df5d3dfba0.txt "How caches are merged into a batch".
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from ltx2_tuner.cache.cached_items import CachedItem, plain_name, scan_cached_items
 from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.errors import CacheError
+from ltx2_tuner.roles import ModalityRoles, roles_for
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -38,18 +40,18 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         raise CacheError(f"{path}: cannot read this cache file any more ({error}); cache it again") from None
 
 
-def _conditions(text: dict[str, torch.Tensor], mode: str, video_context_dim: int | None) -> dict[str, torch.Tensor]:
-    """The spec's condition keys; caches with only the compatibility keys `text`/`text_mask` are split."""
-    if "video_prompt_embeds" in text:
-        conditions = {"video_prompt_embeds": text["video_prompt_embeds"]}
-        if mode == "av":
-            conditions["audio_prompt_embeds"] = text["audio_prompt_embeds"]
+def _conditions(text: dict[str, torch.Tensor], roles: ModalityRoles, video_context_dim: int | None) -> dict:
+    """The spec's condition keys of the present modalities; caches with only the compatibility keys `text`/`text_mask`
+    (video, or cat([video, audio], -1) from an AV cache) are split."""
+    if "video_prompt_embeds" in text or "audio_prompt_embeds" in text:
+        conditions = {f"{m}_prompt_embeds": text[f"{m}_prompt_embeds"] for m in roles.present_modalities}
         mask = text.get("prompt_attention_mask")
     else:
         joined = text["text"]
-        if mode == "av":  # text = cat([video, audio], -1)
+        if roles.present("audio"):
             split = video_context_dim or joined.shape[-1] // 2
             conditions = {"video_prompt_embeds": joined[..., :split], "audio_prompt_embeds": joined[..., split:]}
+            conditions = {key: conditions[key] for key in (f"{m}_prompt_embeds" for m in roles.present_modalities)}
         else:
             conditions = {"video_prompt_embeds": joined}
         mask = text.get("text_mask")
@@ -64,16 +66,15 @@ class CachedBatches(Dataset):
     def __init__(
         self,
         datasets: list[DatasetConfig],
-        mode: str,
+        roles: ModalityRoles | str,
         seed: int = 0,
         dataset_config: Path | None = None,
         model_version: str | None = None,
         video_context_dim: int | None = None,
     ):
-        if mode not in ("video", "av", "audio"):
-            raise ValueError(f"unknown mode {mode!r}")
-        self.mode, self.seed, self.video_context_dim = mode, seed, video_context_dim
-        self.items = scan_cached_items(datasets, mode, dataset_config, model_version, video_context_dim)
+        self.roles = roles_for(roles) if isinstance(roles, str) else roles
+        self.seed, self.video_context_dim = seed, video_context_dim
+        self.items = scan_cached_items(datasets, self.roles, dataset_config, model_version, video_context_dim)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -97,20 +98,21 @@ class CachedBatches(Dataset):
         return self.collate(self.epoch_batches[index])
 
     def collate(self, items: list[CachedItem]) -> dict:
-        latents = torch.stack([_load(item.latent_path)["latents"] for item in items])
-        texts = [_conditions(_load(item.text_path), self.mode, self.video_context_dim) for item in items]
+        texts = [_conditions(_load(item.text_path), self.roles, self.video_context_dim) for item in items]
         batch = {
-            "latents": {
+            "conditions": {key: torch.stack([text[key] for text in texts]) for key in texts[0]},
+            "items": [item.key for item in items],
+        }
+        if items[0].latent_path is not None:  # video present
+            latents = torch.stack([_load(item.latent_path)["latents"] for item in items])
+            batch["latents"] = {
                 "latents": latents,
                 "num_frames": latents.shape[2],
                 "height": latents.shape[3],
                 "width": latents.shape[4],
                 "fps": torch.tensor([item.fps for item in items], dtype=torch.float32),
-            },
-            "conditions": {key: torch.stack([text[key] for text in texts]) for key in texts[0]},
-            "items": [item.key for item in items],
-        }
-        if items[0].audio_path is not None:  # AV mode, video items (image batches have no audio)
+            }
+        if items[0].audio_path is not None:  # audio present (image batches have none)
             audio = [_load(item.audio_path) for item in items]
             batch["audio_latents"] = {
                 "latents": torch.stack([a["audio_latents"] for a in audio]),

@@ -1,7 +1,8 @@
 """Which cached items a training run has, with every cache file checked before training starts.
 
-For each media item of the datasets: its latent cache (one per window), its audio sidecar in AV mode and its text
-cache. Each file's header is read (size checked against it, so a truncated file is caught), its fingerprint
+For each media item of the datasets, what the modality roles (roles.py) need: its video latent cache (one per window)
+when video is present, its audio cache (a video window's sidecar, or an audio dataset item's file) when audio is
+present, and its text cache with the embeddings of the present modalities. Each file's header is read (size checked against it, so a truncated file is caught), its fingerprint
 fields, tensor keys and shapes are checked, and it must match the media, the model and the mode. Every problem is
 collected and reported in one CacheError, a line per file naming what is wrong and the command that rewrites it,
 so a run never fails later inside a DataLoader worker on a missing key.
@@ -17,20 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ltx2_tuner.cache import naming
-from ltx2_tuner.cache.latent_plan import dataset_digest
+from ltx2_tuner.cache.latent_plan import AUDIO_FINGERPRINT_FIELDS, dataset_digest
 from ltx2_tuner.cache.store import fingerprint_from_metadata, source_stamp
 from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.data.items import list_media, read_caption
 from ltx2_tuner.errors import CacheError, CheckpointError, DatasetError
 from ltx2_tuner.models.model_files import latent_space
 from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header, read_tensors
+from ltx2_tuner.roles import ModalityRoles
 
 _WINDOW_KEY = re.compile(r"^(?P<stem>.+)_\d{5}-\d{3}$")
 DTYPE_SUFFIX = re.compile(r"_(bfloat16|float16|float32|float64|float8_e4m3fn|float8_e5m2)$")
 SHAPED_KEY = re.compile(r"^(?P<name>latents|audio_latents)_(?P<shape>\d+(x\d+)*)$")
 # Fingerprint fields each kind of cache file is written with (ltx2_cache_latents.py / the text cacher).
 LATENT_FIELDS = ("source", "checkpoint", "dataset", "bucket", "window", "fps")
-AUDIO_FIELDS = (*LATENT_FIELDS, "audio_checkpoint", "audio")
+# Audio latents depend on the source, its window and the audio VAE only (not the video VAE or the frame size), so an
+# audio-mode cache of a video window serves AV training and the other way round.
+AUDIO_FIELDS = AUDIO_FINGERPRINT_FIELDS
+_SHARED_FIELDS = ("source", "dataset", "window", "fps")  # a window's audio and video caches must agree on these
 TEXT_FIELDS = ("caption_sha256", "mode", "connectors")
 _MAX_LISTED = 50  # problem lines shown; the rest are counted
 
@@ -39,11 +44,12 @@ _MAX_LISTED = 50  # problem lines shown; the rest are counted
 class CachedItem:
     key: str
     dataset: DatasetConfig
-    latent_path: Path
-    audio_path: Path | None
+    latent_path: Path | None  # None when video is absent (T2A)
+    audio_path: Path | None  # None when audio is absent (T2V), and for image items
     text_path: Path
     fps: float
-    shape: tuple[int, ...]  # latent (F, H, W), plus the audio length in AV mode: items of one shape batch together
+    shape: tuple[int, ...]  # latent (F, H, W) when video is present, plus the audio length when audio is: items of
+    # one shape batch together
 
 
 def plain_name(key: str) -> str:
@@ -56,9 +62,9 @@ def plain_name(key: str) -> str:
 class _Problems:
     """'file: problem; fix' lines, reported together."""
 
-    def __init__(self, dataset_config: Path | None, mode: str):
+    def __init__(self, dataset_config: Path | None, roles: ModalityRoles):
         config = f" --dataset_config {dataset_config}" if dataset_config else ""
-        extra = " --ltx_mode av" if mode == "av" else ""
+        extra = f" --ltx_mode {roles.build}" if roles.build != "video" else ""
         self.latents_fix = f"run `python ltx2_cache_latents.py{config} --ltx2_checkpoint ...{extra} --skip_existing`"
         self.text_fix = (
             f"run `python ltx2_cache_text_encoder_outputs.py{config} --ltx2_checkpoint ...{extra} --skip_existing`"
@@ -134,19 +140,20 @@ def _audio_length(header: SafetensorsHeader) -> tuple[tuple[int, int] | None, st
     return (dims[0], int(value.reshape(-1)[0])), None
 
 
-def _text_problem(header: SafetensorsHeader, mode: str, video_context_dim: int | None) -> str | None:
+def _text_problem(header: SafetensorsHeader, roles: ModalityRoles, video_context_dim: int | None) -> str | None:
     tensors = {plain_name(key): entry for key, entry in header.tensors.items()}
-    if "video_prompt_embeds" in tensors:
-        needed = ["prompt_attention_mask"] + (["audio_prompt_embeds"] if mode == "av" else [])
-        embeds = tensors["video_prompt_embeds"]
+    if "video_prompt_embeds" in tensors or "audio_prompt_embeds" in tensors:
+        needed = ["prompt_attention_mask"] + [f"{m}_prompt_embeds" for m in roles.present_modalities]
+        embeds = tensors.get("video_prompt_embeds") or tensors["audio_prompt_embeds"]
     elif "text" in tensors:
         needed, embeds = ["text_mask"], tensors["text"]
     else:
-        return "no video_prompt_embeds_{dtype} (or text_{dtype}) tensor"
+        return "no video_prompt_embeds_{dtype} or audio_prompt_embeds_{dtype} (or text_{dtype}) tensor"
     missing = [name for name in needed if name not in tensors]
     if missing:
-        what = "the audio embeddings an AV run needs" if missing == ["audio_prompt_embeds"] else "its mask"
-        return f"no {missing[0]} tensor ({what})"
+        what = {"audio_prompt_embeds": "the audio embeddings this run needs",
+                "video_prompt_embeds": "the video embeddings this run needs"}  # fmt: skip
+        return f"no {missing[0]} tensor ({what.get(missing[0], 'its mask')})"
     if len(embeds.shape) != 2:
         return f"text embeddings have shape {list(embeds.shape)}, expected [tokens, width]"
     width = embeds.shape[1]
@@ -155,9 +162,17 @@ def _text_problem(header: SafetensorsHeader, mode: str, video_context_dim: int |
     return None
 
 
-def _text_fingerprint_problem(fingerprint: dict, media, mode: str, model_version: str | None) -> str | None:
-    if mode == "av" and fingerprint["mode"] == "video":
-        return "made with --ltx_mode video (no audio embeddings) but training is AV"
+# Which text caches (by the --ltx_mode they were made with) hold each modality's embeddings.
+_TEXT_MODES_WITH = {"video": ("video", "av"), "audio": ("av", "audio")}
+
+
+def _text_fingerprint_problem(fingerprint: dict, media, roles: ModalityRoles, model_version: str | None) -> str | None:
+    for modality in roles.present_modalities:
+        if fingerprint["mode"] not in _TEXT_MODES_WITH[modality]:
+            return (
+                f"made with --ltx_mode {fingerprint['mode']} (no {modality} embeddings) but training needs them "
+                f"(--ltx_mode {roles.build})"
+            )
     version = (fingerprint["connectors"] or {}).get("version")
     if model_version and version and version != model_version:
         return f"made with LTX-{version} connectors but training uses LTX-{model_version}"
@@ -170,66 +185,52 @@ def _text_fingerprint_problem(fingerprint: dict, media, mode: str, model_version
     return None
 
 
+def _dataset_problem(dataset: DatasetConfig, roles: ModalityRoles) -> str | None:
+    """Why `dataset` cannot train under `roles`, or None."""
+    if dataset.kind == "audio" and roles.present("video"):
+        return f"{dataset.name} is an audio dataset (no video); train it with --ltx_mode audio"
+    if dataset.kind == "image" and not roles.present("video"):
+        return f"{dataset.name} is an image dataset (no sound); remove it from the dataset config for --ltx_mode audio"
+    if dataset.kind == "image" and roles.name in ("a2v", "v2a"):
+        return (
+            f"{dataset.name} is an image dataset (no sound) but {roles.name.upper()} trains on video with sound; "
+            "remove it from the dataset config"
+        )
+    return None
+
+
 def scan_cached_items(
     datasets: list[DatasetConfig],
-    mode: str,
+    roles: ModalityRoles,
     dataset_config: Path | None = None,
     model_version: str | None = None,
     video_context_dim: int | None = None,
 ) -> list[CachedItem]:
-    """The cached items of `datasets` for training in `mode`, after checking every cache file; all problems are
+    """The cached items of `datasets` for training under `roles`, after checking every cache file; all problems are
     reported in one CacheError."""
-    problems = _Problems(dataset_config, mode)
+    problems = _Problems(dataset_config, roles)
     items, dropped = [], []
     for dataset in datasets:
-        digest = dataset_digest(dataset)
+        problem = _dataset_problem(dataset, roles)
+        if problem is not None:
+            problems.lines.append(f"{dataset.source}: {problem}")
+            continue
         by_stem = {media.stem: media for media in list_media(dataset)}
-        found: dict[str, int] = defaultdict(int)
-        ignored = 0
-        for path in sorted(dataset.cache_directory.glob(f"*{naming.LATENT_SUFFIX}")):
-            parsed = naming.parse_latent_name(path)
-            if parsed is None:
-                continue
-            key = parsed[0]
-            match = _WINDOW_KEY.match(key)
-            stem = match["stem"] if match and match["stem"] in by_stem else key
-            if stem not in by_stem:
-                ignored += 1  # a removed media file's cache
-                continue
-            header, fingerprint, problem = _open(path, LATENT_FIELDS)
-            if problem is not None:
-                found[stem] += 1
-                problems.add(path, problem, problems.latents_fix + " (with --prune_cache if the window is gone)")
-                continue
-            if fingerprint["dataset"] != digest:
-                ignored += 1  # made with other dataset settings
-                continue
-            found[stem] += 1
-            if found[stem] == 1:
-                _check_text_cache(naming.text_cache_path(dataset.cache_directory, stem), by_stem[stem], mode,
-                                  model_version, video_context_dim, problems)  # fmt: skip
-            item = _check_item(dataset, by_stem[stem], key, path, header, fingerprint, mode, model_version, problems)
+        scan = _Scan(dataset, by_stem, roles, model_version, video_context_dim, problems)
+        # Items are found by their video latent files, or by their audio files when there is no video (T2A).
+        suffix = naming.LATENT_SUFFIX if roles.present("video") else naming.AUDIO_SUFFIX
+        for path in sorted(dataset.cache_directory.glob(f"*{suffix}")):
+            item = scan.check(path)
             if item == "no audio":
-                dropped.append(key)
+                dropped.append(path.name)
             elif item is not None:
                 items.append(item)
-        missing = [str(by_stem[stem].path) for stem in by_stem if not found[stem]]
-        if missing:
-            more = f" (and {len(missing) - 1} more media files)" if len(missing) > 1 else ""
-            problems.lines.append(
-                f"{missing[0]}: no latent cache in {dataset.cache_directory}{more}; {problems.latents_fix}"
-            )
-        if ignored:
-            warnings.warn(
-                f"{dataset.name}: ignored {ignored} cache file(s) made with other dataset settings or for removed "
-                "media (ltx2_cache_latents.py --prune_cache deletes them)",
-                stacklevel=2,
-            )
+        scan.report_missing()
     problems.raise_if_any()
     if dropped:
         warnings.warn(
-            f"{len(dropped)} video window(s) have no audio and are left out of AV training: {', '.join(dropped[:10])}"
-            + (" ..." if len(dropped) > 10 else ""),
+            f"{len(dropped)} video window(s) have no audio and are left out of this {roles.name.upper()} run: "
+            f"{', '.join(dropped[:10])}" + (" ..." if len(dropped) > 10 else ""),
             stacklevel=2,
         )
     if not items:
@@ -237,56 +238,142 @@ def scan_cached_items(
     return items
 
 
-def _check_item(dataset, media, key, path, header, fingerprint, mode, model_version, problems: _Problems):
-    """The CachedItem, "no audio" (AV item whose source has none), or None after adding its problems."""
-    fix = problems.latents_fix
-    if fingerprint["source"] != source_stamp(media.path):
-        problems.add(path, f"stale cache, {media.path} changed since it was cached", fix)
-        return None
-    cached_version = (fingerprint["checkpoint"] or {}).get("version")
-    # Latents are per latent space: LTX 2.5 trains on caches made with LTX-2.3's VAE (the same encoder).
-    if model_version and cached_version and cached_version != latent_space(model_version):
-        problems.add(
-            path,
-            f"cached with an LTX-{cached_version} VAE but training uses LTX-{model_version}",
-            fix + " with the training checkpoint",
-        )
-        return None
-    shape, problem = _latent_shape(header)
-    if problem is not None:
-        problems.add(path, problem, fix)
-        return None
-    audio_path = None
-    if mode == "av" and dataset.kind == "video":
-        audio_path = naming.audio_cache_path(dataset.cache_directory, key)
-        if not audio_path.is_file():
-            problems.add(audio_path, f"audio latent cache missing for {key}", fix)
+class _Scan:
+    """The cache files of one dataset, checked one by one against its media, the model and the roles."""
+
+    def __init__(self, dataset, by_stem: dict, roles: ModalityRoles, model_version, video_context_dim, problems):
+        self.dataset, self.by_stem, self.roles = dataset, by_stem, roles
+        self.model_version, self.video_context_dim, self.problems = model_version, video_context_dim, problems
+        self.digest = dataset_digest(dataset)
+        self.found: dict[str, int] = defaultdict(int)
+        self.ignored = 0
+
+    def check(self, path: Path) -> CachedItem | str | None:
+        """The CachedItem of the cache file `path`, "no audio" (a window whose source has none), or None (a problem
+        was added, or the file belongs to no current item)."""
+        key = _cache_key(path, self.roles)
+        if key is None:
             return None
-        audio_header, audio_fingerprint, problem = _open(audio_path, AUDIO_FIELDS)
-        if problem is None and any(audio_fingerprint.get(k) != v for k, v in fingerprint.items()):
+        match = _WINDOW_KEY.match(key)
+        stem = match["stem"] if match and match["stem"] in self.by_stem else key
+        if stem not in self.by_stem:
+            self.ignored += 1  # a removed media file's cache
+            return None
+        media, problems = self.by_stem[stem], self.problems
+        fields = LATENT_FIELDS if self.roles.present("video") else AUDIO_FIELDS
+        header, fingerprint, problem = _open(path, fields)
+        if problem is not None:
+            self.found[stem] += 1
+            problems.add(path, problem, problems.latents_fix + " (with --prune_cache if the window is gone)")
+            return None
+        if fingerprint["dataset"] != self.digest:
+            self.ignored += 1  # made with other dataset settings
+            return None
+        self.found[stem] += 1
+        if self.found[stem] == 1:
+            _check_text_cache(naming.text_cache_path(self.dataset.cache_directory, stem), media, self.roles,
+                              self.model_version, self.video_context_dim, problems)  # fmt: skip
+        if fingerprint["source"] != source_stamp(media.path):
+            problems.add(path, f"stale cache, {media.path} changed since it was cached", problems.latents_fix)
+            return None
+        if not self.roles.present("video"):
+            return self._audio_item(key, media, path, header, fingerprint)
+        return self._video_item(key, media, path, header, fingerprint)
+
+    def _video_item(self, key, media, path, header, fingerprint):
+        fix = self.problems.latents_fix
+        problem = _version_problem(fingerprint["checkpoint"], self.model_version, "VAE")
+        shape = None
+        if problem is None:
+            shape, problem = _latent_shape(header)
+        if problem is not None:
+            self.problems.add(path, problem, fix)
+            return None
+        audio_path = None
+        if self.roles.present("audio") and self.dataset.kind == "video":
+            audio_path = naming.audio_cache_path(self.dataset.cache_directory, key)
+            lengths = self._sidecar_lengths(audio_path, key, fingerprint)
+            if lengths is None or lengths == "no audio":
+                return lengths
+            shape = (*shape, lengths[0])
+        text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
+        return CachedItem(key, self.dataset, path, audio_path, text_path, float(fingerprint["fps"]), shape)
+
+    def _audio_item(self, key, media, path, header, fingerprint):
+        lengths = self._audio_lengths(path, header, fingerprint)
+        if lengths is None or lengths == "no audio":
+            return lengths
+        text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
+        return CachedItem(key, self.dataset, None, path, text_path, float(fingerprint["fps"] or 0.0), (lengths[0],))
+
+    def _sidecar_lengths(self, audio_path: Path, key: str, video_fingerprint: dict):
+        """`_audio_lengths` of a video window's audio sidecar, which must agree with its video cache."""
+        if not audio_path.is_file():
+            self.problems.add(audio_path, f"audio latent cache missing for {key}", self.problems.latents_fix)
+            return None
+        header, fingerprint, problem = _open(audio_path, AUDIO_FIELDS)
+        if problem is None and any(fingerprint.get(k) != video_fingerprint.get(k) for k in _SHARED_FIELDS):
             problem = "stale audio cache (its video cache was made again)"
+        if problem is not None:
+            self.problems.add(audio_path, problem, self.problems.latents_fix)
+            return None
+        return self._audio_lengths(audio_path, header, fingerprint)
+
+    def _audio_lengths(self, path: Path, header, fingerprint: dict):
+        """(latent steps, valid steps) of an opened audio cache, "no audio", or None after adding its problem."""
+        problem = _version_problem(fingerprint["audio_checkpoint"], self.model_version, "audio VAE")
         lengths = None
         if problem is None:
-            lengths, problem = _audio_length(audio_header)
+            lengths, problem = _audio_length(header)
         if problem is not None:
-            problems.add(audio_path, problem, fix)
+            self.problems.add(path, problem, self.problems.latents_fix)
             return None
-        if lengths[1] == 0:
-            return "no audio"  # the source has no audio (cached with --missing_audio skip)
-        shape = (*shape, lengths[0])
-    text_path = naming.text_cache_path(dataset.cache_directory, media.stem)
-    return CachedItem(key, dataset, path, audio_path, text_path, float(fingerprint["fps"]), shape)
+        return "no audio" if lengths[1] == 0 else lengths  # 0: the source has none (cached with --missing_audio skip)
+
+    def report_missing(self) -> None:
+        problems, dataset = self.problems, self.dataset
+        missing = [str(self.by_stem[stem].path) for stem in self.by_stem if not self.found[stem]]
+        if missing:
+            what = "latent" if self.roles.present("video") else "audio latent"
+            more = f" (and {len(missing) - 1} more media files)" if len(missing) > 1 else ""
+            problems.lines.append(
+                f"{missing[0]}: no {what} cache in {dataset.cache_directory}{more}; {problems.latents_fix}"
+            )
+        if self.ignored:
+            warnings.warn(
+                f"{dataset.name}: ignored {self.ignored} cache file(s) made with other dataset settings or for "
+                "removed media (ltx2_cache_latents.py --prune_cache deletes them)",
+                stacklevel=3,
+            )
 
 
-def _check_text_cache(text_path: Path, media, mode, model_version, video_context_dim, problems: _Problems) -> None:
-    """The text cache exists, is whole, fits the mode and the model, and was made from the current caption."""
+def _cache_key(path: Path, roles: ModalityRoles) -> str | None:
+    if roles.present("video"):
+        parsed = naming.parse_latent_name(path)
+        return parsed[0] if parsed is not None else None
+    return path.name.removesuffix(naming.AUDIO_SUFFIX) or None
+
+
+def _version_problem(checkpoint: dict | None, model_version: str | None, what: str) -> str | None:
+    """Latents are per latent space: LTX 2.5 trains on caches made with LTX-2.3's VAEs (the same encoders)."""
+    cached_version = (checkpoint or {}).get("version")
+    if model_version and cached_version not in (None, "unknown", latent_space(model_version)):
+        return (
+            f"cached with an LTX-{cached_version} {what} but training uses LTX-{model_version} (cache it again "
+            "with the training checkpoint)"
+        )
+    return None
+
+
+def _check_text_cache(text_path: Path, media, roles, model_version, video_context_dim, problems: _Problems) -> None:
+    """The text cache exists, is whole, fits the roles and the model, and was made from the current caption."""
     if not text_path.is_file():
         problems.add(text_path, f"text encoder cache missing for {media.path.name}", problems.text_fix)
         return
     header, fingerprint, problem = _open(text_path, TEXT_FIELDS)
     if problem is None:
-        problem = _text_fingerprint_problem(fingerprint, media, mode, model_version)
+        problem = _text_fingerprint_problem(fingerprint, media, roles, model_version)
     if problem is None:
-        problem = _text_problem(header, mode, video_context_dim)
+        problem = _text_problem(header, roles, video_context_dim)
     if problem is not None:
         problems.add(text_path, problem, problems.text_fix)

@@ -1,7 +1,9 @@
-"""Encode planned windows with the video VAE (and audio VAE in AV mode) and write the cache files.
+"""Encode planned jobs with the video VAE (images, video windows) and the audio VAE (AV and audio modes) and write
+the cache files.
 
 Media decoding runs ahead in worker threads (PyAV and the resizer release the GIL) while the main thread encodes.
-Each file is written atomically; a file whose fingerprint matches the plan is reused with `skip_existing`.
+Each file is written atomically. With `skip_existing` each file whose fingerprint matches the plan is reused on its
+own: an AV run after an audio-mode run makes only the video latents of each window.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -56,16 +59,28 @@ def vae_compute_dtype(device: torch.device, requested: torch.dtype) -> torch.dty
 
 
 class LatentEncoder:
-    """The VAE encoders of one caching run. Video in `vae_dtype` (computed in fp32 on a CPU, see
-    `vae_compute_dtype`); audio always in float32 (as the reference)."""
+    """The VAE encoders of one caching run; a checkpoint of None loads no such VAE (audio mode loads no video VAE).
+    Video in `vae_dtype` (computed in fp32 on a CPU, see `vae_compute_dtype`); audio always in float32 (as the
+    reference)."""
 
     def __init__(
         self, video_checkpoint, audio_checkpoint, device: torch.device, vae_dtype: torch.dtype, tiling: VaeTiling
     ):
-        from ltx2_tuner.models import load_audio_vae, load_video_vae
+        from ltx2_tuner.models import load_audio_vae
 
         self.device, self.vae_dtype = device, vae_dtype
         self.compute_dtype = vae_compute_dtype(device, vae_dtype)
+        self.video_vae = None
+        if video_checkpoint is not None:
+            self._load_video_vae(video_checkpoint, tiling)
+        self.audio_vae = None
+        if audio_checkpoint is not None:
+            self.audio_vae = load_audio_vae(audio_checkpoint, part="encoder", dtype=torch.float32, device=device)
+
+    def _load_video_vae(self, video_checkpoint, tiling: VaeTiling) -> None:
+        from ltx2_tuner.models import load_video_vae
+
+        vae_dtype, device = self.vae_dtype, self.device
         if self.compute_dtype != vae_dtype:
             print(
                 f"note: the video VAE runs in float32 on the CPU ({naming.dtype_name(vae_dtype)} convolutions are "
@@ -84,9 +99,6 @@ class LatentEncoder:
             self.video_vae.use_framewise_decoding = True
             self.video_vae.tile_sample_min_num_frames = tiling.temporal_tile_frames
             self.video_vae.tile_sample_stride_num_frames = tiling.temporal_tile_frames // 2 // 8 * 8 or 8
-        self.audio_vae = None
-        if audio_checkpoint is not None:
-            self.audio_vae = load_audio_vae(audio_checkpoint, part="encoder", dtype=torch.float32, device=device)
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
@@ -106,35 +118,50 @@ class LatentEncoder:
         return unpatchify_audio(tokens, means.shape[1], means.shape[3])[0]
 
 
+@dataclass(frozen=True)
+class _Task:
+    """A job and which of its files this run writes (the others are current and reused)."""
+
+    job: LatentJob
+    video: bool  # write job.latent_path
+    audio: bool  # write job.audio_path
+
+
 @dataclass
 class _Decoded:
-    job: LatentJob
+    task: _Task
     frames: torch.Tensor | None = None  # [3, F, H, W]
-    log_mel: torch.Tensor | None = None  # [2, T_mel, 64]
+    log_mel: torch.Tensor | None = None  # [2, T_mel, 64]; None when the source has no audio
     audio_valid_samples: int = 0
     error: str | None = None
 
 
-def _decode(job: LatentJob, with_audio: bool, sample_rate: int) -> _Decoded:
+def _decode(task: _Task, sample_rate: int) -> _Decoded:
     from ltx2_tuner.data.audio import load_audio_clip
     from ltx2_tuner.data.images import load_image
     from ltx2_tuner.data.mel import log_mel_spectrogram
     from ltx2_tuner.data.transforms import frames_to_model_input
     from ltx2_tuner.data.video import read_video_frames
 
+    job = task.job
+    decoded = _Decoded(task)
     try:
-        if job.item.dataset.kind == "image":
-            pixels = load_image(job.item.path, size=job.bucket)[None]
-        else:
-            pixels = read_video_frames(job.item.path, job.window.times_s(), size=job.bucket)
-        decoded = _Decoded(job, frames=frames_to_model_input(pixels))
-        if with_audio and job.audio_source is not None:
-            clip = load_audio_clip(job.audio_source, job.window.start_s, job.window.duration_s, sample_rate)
+        if task.video:
+            if job.item.dataset.kind == "image":
+                pixels = load_image(job.item.path, size=job.bucket)[None]
+            else:
+                pixels = read_video_frames(job.item.path, job.window.times_s(), size=job.bucket)
+            decoded.frames = frames_to_model_input(pixels)
+        if task.audio and job.audio_source is not None:
+            start_s, duration_s = job.audio_window_s
+            # Audio items are padded up to their duration bucket by design: no warning for that.
+            warn = job.item.dataset.kind != "audio"
+            clip = load_audio_clip(job.audio_source, start_s, duration_s, sample_rate, warn_padding=warn)
             decoded.log_mel = log_mel_spectrogram(clip.waveform, sample_rate)
             decoded.audio_valid_samples = clip.valid_samples
         return decoded
     except Ltx2TunerError as error:
-        return _Decoded(job, error=str(error))
+        return _Decoded(task, error=str(error))
 
 
 def valid_audio_latents(valid_samples: int) -> int:
@@ -145,20 +172,35 @@ def valid_audio_latents(valid_samples: int) -> int:
     return (mel_frames - 1) // AUDIO_LATENT_DOWNSAMPLE + 1
 
 
+def _current(path: Path | None, fingerprint: dict | None) -> bool:
+    """No file to write, or it exists with the fingerprint this run would write."""
+    return path is None or not differences(read_fingerprint(path), fingerprint)
+
+
 def is_current(job: LatentJob) -> bool:
     """Whether every file of `job` exists with the fingerprint this run would write."""
-    if differences(read_fingerprint(job.latent_path), job.fingerprint):
-        return False
-    return job.audio_path is None or not differences(read_fingerprint(job.audio_path), job.audio_fingerprint)
+    return _current(job.latent_path, job.fingerprint) and _current(job.audio_path, job.audio_fingerprint)
 
 
-def _batches(jobs: list[LatentJob], batch_size: int) -> Iterator[list[LatentJob]]:
-    """Consecutive jobs of equal frame tensor shape, at most `batch_size` each (the VAE takes one shape)."""
+def _tasks(jobs: list[LatentJob], skip_existing: bool) -> list[_Task]:
+    """The jobs with something to write: every file, or with `skip_existing` the files that are not current."""
+    tasks = []
+    for job in jobs:
+        video = job.latent_path is not None and not (skip_existing and _current(job.latent_path, job.fingerprint))
+        audio = job.audio_path is not None and not (skip_existing and _current(job.audio_path, job.audio_fingerprint))
+        if video or audio:
+            tasks.append(_Task(job, video, audio))
+    return tasks
 
-    def shape(job: LatentJob):
-        return job.bucket, job.window.num_frames
 
-    for _, group in groupby(sorted(jobs, key=shape), key=shape):
+def _batches(tasks: list[_Task], batch_size: int) -> Iterator[list[_Task]]:
+    """Consecutive tasks of equal frame tensor shape, at most `batch_size` each (the VAE takes one shape); tasks
+    without frames (audio only) batch among themselves."""
+
+    def shape(task: _Task):
+        return (1, task.job.bucket, task.job.window.num_frames) if task.video else (0,)
+
+    for _, group in groupby(sorted(tasks, key=shape), key=shape):
         group = list(group)
         for start in range(0, len(group), batch_size):
             yield group[start : start + batch_size]
@@ -174,30 +216,37 @@ def cache_latents(
 ) -> CacheSummary:
     """Encode and write every job (reusing current files with `skip_existing`); return what happened."""
     summary = CacheSummary()
-    pending = [job for job in jobs if not (skip_existing and is_current(job))]
+    pending = _tasks(jobs, skip_existing)
     summary.reused = len(jobs) - len(pending)
-    with_audio = encoder.audio_vae is not None
-    sample_rate = encoder.audio_vae.config.sample_rate if with_audio else 0
+    if any(task.audio for task in pending) and encoder.audio_vae is None:
+        raise ValueError("jobs with audio sidecars need an encoder with the audio VAE")
+    if any(task.video for task in pending) and encoder.video_vae is None:
+        raise ValueError("jobs with video latents need an encoder with the video VAE")
+    sample_rate = encoder.audio_vae.config.sample_rate if encoder.audio_vae is not None else 0
     with (
         ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool,
         tqdm(total=len(pending), unit="item", desc="caching latents", dynamic_ncols=True) as progress,
     ):
-        decode_batch = lambda batch: [_decode(job, with_audio, sample_rate) for job in batch]  # noqa: E731
+        decode_batch = lambda batch: [_decode(task, sample_rate) for task in batch]  # noqa: E731
         for decoded in pool.map(decode_batch, _batches(pending, batch_size)):
             good = [d for d in decoded if d.error is None]
             summary.failed.extend(d.error for d in decoded if d.error is not None)
-            if good:
-                latents = encoder.encode_video(torch.stack([d.frames for d in good]))
-                for item, item_latents in zip(good, latents, strict=True):
-                    _write(item, item_latents.cpu(), encoder, mode, summary)
+            with_frames = [d for d in good if d.frames is not None]
+            latents = encoder.encode_video(torch.stack([d.frames for d in with_frames])) if with_frames else []
+            latents_of = {id(d): item_latents.cpu() for d, item_latents in zip(with_frames, latents, strict=True)}
+            for item in good:
+                _write(item, latents_of.get(id(item)), encoder, mode, summary)
             progress.update(len(decoded))
     return summary
 
 
-def _write(decoded: _Decoded, latents: torch.Tensor, encoder: LatentEncoder, mode: str, summary: CacheSummary) -> None:
-    job = decoded.job
-    write_cache(job.latent_path, {naming.latents_key(latents): latents}, job.fingerprint, mode=mode)
-    if job.audio_path is not None:
+def _write(
+    decoded: _Decoded, latents: torch.Tensor | None, encoder: LatentEncoder, mode: str, summary: CacheSummary
+) -> None:
+    job = decoded.task.job
+    if decoded.task.video:
+        write_cache(job.latent_path, {naming.latents_key(latents): latents}, job.fingerprint, mode=mode)
+    if decoded.task.audio:
         if decoded.log_mel is None:  # the source has no audio: the sidecar records it, so training can drop it
             audio = torch.zeros(8, 0, 16)
             length = 0

@@ -1,10 +1,14 @@
 """Text encoder caches: one file per media stem with the final text context the transformer reads.
 
     {cache_directory}/{stem}_ltx2_te.safetensors
-      video_prompt_embeds_{dtype}   [1024, Dv]   connector output (Dv = 3840 for LTX-2.0, 4096 for LTX-2.3)
-      audio_prompt_embeds_{dtype}   [1024, Da]   AV mode only (Da = 3840 / 2048)
+      video_prompt_embeds_{dtype}   [1024, Dv]   modes video and av (Dv = 3840 for LTX-2.0, 4096 for LTX-2.3/2.5)
+      audio_prompt_embeds_{dtype}   [1024, Da]   modes av and audio (Da = 3840 / 2048)
       prompt_attention_mask         [1024]       int64; the connectors' mask: all ones (registers fill padding)
-      text_{dtype}, text_mask                    compatibility copies: video, or cat([video, audio], -1) in AV
+      text_{dtype}, text_mask                    compatibility copies: video, or cat([video, audio], -1) in AV;
+                                                 never in audio mode (see `compat_keys_allowed`)
+
+Which training modes a file serves (`serves`): video (t2v) needs the video embeddings (a video or av cache), av,
+A2V and V2A need both (an av cache), audio (t2a) needs the audio embeddings (an audio or av cache).
 
 The fingerprint records the caption (sha256), the connectors (file fingerprint + model family), Gemma (directory
 identity + quantization), the mode, the dtype and whether compatibility keys are written. With `skip_existing` a
@@ -28,8 +32,9 @@ from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.data.items import MediaItem, list_media, raise_caption_problems, read_caption
 from ltx2_tuner.errors import ConfigError, DatasetError
 
-# captions -> (video [B, T, Dv], audio [B, T, Da] or None, mask [B, T]), on the CPU (text_embeddings.encode_prompts)
-PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]
+# captions -> (video [B, T, Dv] or None (audio mode), audio [B, T, Da] or None (video mode), mask [B, T]), on the
+# CPU (text_embeddings.encode_prompts)
+PromptEncoder = Callable[[list[str]], tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,13 @@ class TextStamp:
 
     connectors: dict  # {"file": checkpoint fingerprint, "version": "2.0" | "2.3"}
     gemma: dict | None  # {"identity", "quantization"}; None: unknown (no --gemma_root), not compared
-    mode: str  # "video" or "av"
+    mode: str  # "video", "av" or "audio" (roles.ModalityRoles.build)
     dtype: torch.dtype  # the connectors' (and the stored embeddings') dtype
     compat_keys: bool
+
+    def __post_init__(self) -> None:
+        if self.compat_keys and not compat_keys_allowed(self.mode):
+            raise ValueError(f"mode {self.mode} writes no compatibility keys (compat_keys_allowed)")
 
     def models(self) -> dict:
         """The fields that say how text became embeddings (shared with the sample-prompt cache)."""
@@ -53,6 +62,22 @@ class TextStamp:
         """The fingerprint of the cache file of a caption."""
         caption = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return {"caption_sha256": caption, **self.models(), "compat_keys": self.compat_keys}
+
+
+# The modality embeddings each caching mode writes, and the caching modes whose files a training mode can read.
+CACHED_MODALITIES = {"video": ("video",), "av": ("video", "audio"), "audio": ("audio",)}
+
+
+def serves(cache_mode: str, training_mode: str) -> bool:
+    """Whether a text cache written in `cache_mode` has the embeddings `training_mode` (a build: video, av, audio)
+    reads: every modality the training mode runs (a frozen one still reads its own text) is in the file."""
+    return set(CACHED_MODALITIES[training_mode]) <= set(CACHED_MODALITIES[cache_mode])
+
+
+def compat_keys_allowed(mode: str) -> bool:
+    """The compatibility keys `text_{dtype}` mean the video context (or video and audio joined): other tools read
+    them as video. An audio-only cache has no video, so it writes none rather than a tensor they would misread."""
+    return mode != "audio"
 
 
 @dataclass(frozen=True)
@@ -97,12 +122,19 @@ def pending_jobs(jobs: list[TextJob], stamp: TextStamp, skip_existing: bool) -> 
 
 
 def cache_tensors(
-    video: torch.Tensor, audio: torch.Tensor | None, mask: torch.Tensor, compat_keys: bool
+    video: torch.Tensor | None, audio: torch.Tensor | None, mask: torch.Tensor, compat_keys: bool
 ) -> dict[str, torch.Tensor]:
-    """The tensors of one text cache file. video [T, Dv], audio [T, Da] or None, mask [T]."""
-    dtype = naming.dtype_name(video.dtype)
+    """The tensors of one text cache file. video [T, Dv] or None (audio mode), audio [T, Da] or None (video mode),
+    mask [T]. `compat_keys` needs the video context (see `compat_keys_allowed`)."""
+    if video is None and audio is None:
+        raise ValueError("a text cache needs video or audio embeddings")
+    if compat_keys and video is None:
+        raise ValueError("compatibility keys hold the video context; an audio-only cache has none")
+    dtype = naming.dtype_name((video if video is not None else audio).dtype)
     mask = mask.to(torch.int64)
-    tensors = {f"video_prompt_embeds_{dtype}": video, "prompt_attention_mask": mask}
+    tensors = {"prompt_attention_mask": mask}
+    if video is not None:
+        tensors[f"video_prompt_embeds_{dtype}"] = video
     if audio is not None:
         tensors[f"audio_prompt_embeds_{dtype}"] = audio
     if compat_keys:
@@ -113,9 +145,9 @@ def cache_tensors(
     return tensors
 
 
-def check_finite(video: torch.Tensor, audio: torch.Tensor | None, dtype: torch.dtype) -> None:
+def check_finite(video: torch.Tensor | None, audio: torch.Tensor | None, dtype: torch.dtype) -> None:
     """ConfigError when fp16 overflowed (Gemma 3's hidden states reach magnitudes fp16 cannot hold)."""
-    finite = bool(torch.isfinite(video).all()) and (audio is None or bool(torch.isfinite(audio).all()))
+    finite = all(bool(torch.isfinite(t).all()) for t in (video, audio) if t is not None)
     if not finite:
         raise ConfigError(
             f"the text embeddings overflowed in {naming.dtype_name(dtype)} (Gemma's activations are large); "
@@ -138,7 +170,10 @@ def cache_text(
             video, audio, mask = encode([job.caption for job in batch])
             for index, job in enumerate(batch):
                 tensors = cache_tensors(
-                    video[index], None if audio is None else audio[index], mask[index], stamp.compat_keys
+                    None if video is None else video[index],
+                    None if audio is None else audio[index],
+                    mask[index],
+                    stamp.compat_keys,
                 )
                 try:
                     write_cache(job.path, tensors, stamp.fingerprint(job.caption), mode=stamp.mode)

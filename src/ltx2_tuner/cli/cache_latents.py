@@ -1,7 +1,10 @@
-"""Cache VAE latents of a dataset (and audio latents in AV mode): `ltx2_cache_latents.py`.
+"""Cache VAE latents of a dataset (and audio latents in AV and audio modes): `ltx2_cache_latents.py`.
 
     python ltx2_cache_latents.py --dataset_config dataset.toml --ltx2_checkpoint ltx-2.3-22b-dev.safetensors \\
-        [--ltx_mode av] [--skip_existing]
+        [--ltx_mode av|audio] [--skip_existing]
+
+`--ltx_mode audio` caches only audio latents (audio datasets, and the soundtracks of video datasets' windows) and
+never opens the video VAE.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--vae_dtype", choices=tuple(STORAGE_DTYPES), default="bf16", help="video VAE precision (default bf16)"
     )
-    add_mode_flag(parser, "caches audio latents")
+    add_mode_flag(parser, "caches audio latents; audio caches only audio latents and loads no video VAE")
     parser.add_argument("--batch_size", type=int, default=1, help="clips per VAE call, same bucket only (default 1)")
     parser.add_argument("--num_workers", type=int, default=2, help="media decoding threads (default 2)")
     add_device_flags(parser)
@@ -44,20 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--prune_cache",
         action="store_true",
         help="delete latent and audio caches in the cache folders that no item of these datasets can use (in any "
-        "mode: a video-mode run keeps the AV audio caches of its windows)",
+        "mode: a video-mode run keeps the audio caches of its windows, an audio-mode run their video latents)",
     )
     parser.add_argument(
         "--missing_audio",
         choices=("error", "skip"),
         default="error",
-        help="AV mode, a video without audio: error (default: list them and stop) or skip (list them; training "
-        "leaves them out)",
+        help="AV and audio modes, a video without audio: error (default: list them and stop) or skip (list them; "
+        "training leaves them out)",
     )
     parser.add_argument(
         "--ltx2_audio_source",
         choices=("video", "audio_files"),
         default="video",
-        help="audio from the video file (default) or from sidecar files",
+        help="the audio of videos: from the video file (default) or from sidecar files (audio datasets read "
+        "their own files)",
     )
     parser.add_argument("--ltx2_audio_dir", type=Path, help="folder of the audio sidecar files (default: the video's)")
     parser.add_argument("--ltx2_audio_ext", default=".wav", help="extension of the audio sidecar files (default .wav)")
@@ -82,20 +86,30 @@ def _checkpoint_stamp(info, component: str, dtype: torch.dtype) -> dict:
 
 
 def _vae_files(args):
-    """(video VAE file, audio VAE file or None) as CheckpointInfos: from --ltx2_checkpoint and its pack, or from
-    --video_vae / --audio_vae alone."""
+    """(video VAE file or None, audio VAE file or None) as CheckpointInfos, each only when the mode encodes that
+    modality (audio mode never opens the video VAE): from --ltx2_checkpoint and its pack, or from --video_vae /
+    --audio_vae alone."""
     from ltx2_tuner.models import read_checkpoint_info
     from ltx2_tuner.models.model_files import model_files
 
+    with_video, with_audio = args.ltx_mode != "audio", args.ltx_mode != "video"
     video_vae = args.video_vae or args.vae
     if args.ltx2_checkpoint is not None:
         files = model_files(args.ltx2_checkpoint, video_vae, args.audio_vae)
-        return files.video_vae(), files.audio_vae() if args.ltx_mode == "av" else None
+        return files.video_vae() if with_video else None, files.audio_vae() if with_audio else None
+    if not with_video:
+        if (args.audio_vae or video_vae) is None:
+            raise ConfigError(
+                "no checkpoint: pass --ltx2_checkpoint (or --audio_vae) with the official .safetensors file"
+            )
+        audio_info = read_checkpoint_info(args.audio_vae or video_vae)
+        audio_info.require("audio_vae")
+        return None, audio_info
     if video_vae is None:
         raise ConfigError("no checkpoint: pass --ltx2_checkpoint (or --video_vae) with the official .safetensors file")
     video_info = read_checkpoint_info(video_vae)
     video_info.require("video_vae")
-    if args.ltx_mode != "av":
+    if not with_audio:
         return video_info, None
     audio_info = read_checkpoint_info(args.audio_vae or video_vae)
     audio_info.require("audio_vae")
@@ -113,14 +127,14 @@ def _report_plan_problems(plan: LatentPlan, args) -> None:
         if args.missing_audio == "error":
             raise MediaError(
                 f"{len(plan.missing_audio)} video(s) listed above have no audio ({args.ltx2_audio_source}) for "
-                f"--ltx_mode av; add audio, use --ltx2_audio_source audio_files, or pass --missing_audio skip to "
+                f"--ltx_mode {args.ltx_mode}; add audio, use --ltx2_audio_source audio_files, or pass --missing_audio skip to "
                 "train them without audio"
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling, cache_latents
-    from ltx2_tuner.data.config import load_dataset_config
+    from ltx2_tuner.data.config import check_dataset_kinds, load_dataset_config
     from ltx2_tuner.data.items import caption_problems, raise_caption_problems
 
     args = build_parser().parse_args(argv)
@@ -128,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
     tiling = VaeTiling(args.vae_tile_size, args.vae_tile_frames)  # checks the values before any work
     datasets = load_dataset_config(args.dataset_config)
+    check_dataset_kinds(datasets, args.ltx_mode)
     # A media file without a readable caption would fail text caching later: say so now, as that command does
     # (whether an empty caption is allowed is the text cacher's --allow_empty_captions).
     raise_caption_problems(caption_problems(datasets, allow_empty=True))
@@ -138,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_latent_jobs(
         datasets,
         args.ltx_mode,
-        _checkpoint_stamp(video_info, "video_vae", vae_dtype),
+        _checkpoint_stamp(video_info, "video_vae", vae_dtype) if video_info else None,
         _checkpoint_stamp(audio_info, "audio_vae", torch.float32) if audio_info else None,
         audio_source,
     )
@@ -147,10 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         remove_interrupted_writes(dataset.cache_directory, (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX))
 
     device = resolve_device(args.device)
-    print(
-        f"caching {len(plan.jobs)} item(s) with {video_info.path.name} (LTX-{video_info.version}) on {device}",
-        flush=True,
-    )
+    info = video_info or audio_info
+    print(f"caching {len(plan.jobs)} item(s) with {info.path.name} (LTX-{info.version}) on {device}", flush=True)
     encoder = LatentEncoder(video_info, audio_info, device, vae_dtype, tiling)
     summary = cache_latents(plan.jobs, encoder, args.skip_existing, args.batch_size, args.num_workers, args.ltx_mode)
 

@@ -2,7 +2,7 @@
 
     python ltx2_cache_text_encoder_outputs.py --dataset_config dataset.toml \\
         --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
-        [--ltx_mode av] [--skip_existing] [--sample_prompts prompts.txt] [--gemma_offload]
+        [--ltx_mode av|audio] [--skip_existing] [--sample_prompts prompts.txt] [--gemma_offload]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         with_help(TEXT_ENCODER, "; not needed when --skip_existing finds every cache current"),
     )
     parser.add_argument("--gemma_root", type=Path, help="same as --text_encoder (a Gemma directory)")
-    add_mode_flag(parser, "caches audio embeddings")
+    add_mode_flag(parser, "caches audio embeddings (for av, A2V and V2A training); audio caches only those (T2A)")
     parser.add_argument(
         "--mixed_precision",
         choices=tuple(COMPUTE_DTYPES),
@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--allow_empty_captions", action="store_true", help="encode empty captions instead of failing")
     parser.add_argument(
-        "--no_compat_text_keys", action="store_true", help="do not write the text_{dtype}/text_mask copies"
+        "--no_compat_text_keys",
+        action="store_true",
+        help="do not write the text_{dtype}/text_mask copies (--ltx_mode audio never writes them: other tools read "
+        "them as video embeddings)",
     )
     parser.add_argument("--sample_prompts", type=Path, help="prompt file of the trainer's previews: cache it too")
     parser.add_argument(
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         TextCacheSummary,
         TextStamp,
         cache_text,
+        compat_keys_allowed,
         pending_jobs,
         plan_text_jobs,
     )
@@ -122,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         gemma=None if gemma is None else {"identity": gemma.identity, "quantization": quantization or "none"},
         mode=args.ltx_mode,
         dtype=dtype,
-        compat_keys=not args.no_compat_text_keys,
+        # Audio mode writes none: they would be read as the video context (compat_keys_allowed).
+        compat_keys=not args.no_compat_text_keys and compat_keys_allowed(args.ltx_mode),
     )
     for dataset in datasets:
         remove_interrupted_writes(dataset.cache_directory, (TEXT_SUFFIX,))

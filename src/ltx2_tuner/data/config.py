@@ -11,6 +11,11 @@
     target_frames = [1, 25, 49]
     frame_extraction = "head"
 
+    [[datasets]]
+    audio_directory = "voice"          # an audio dataset (--ltx_mode audio): wav, flac, mp3, ogg, m4a, ...
+    cache_directory = "cache/voice"
+    audio_bucket_interval = 2.0        # clip lengths are rounded to whole multiples of this (seconds)
+
 Keys of `[general]` apply to every dataset that does not set them. Every problem in the file (unknown key, wrong
 type, impossible value) is reported at once, each naming the file, the table and the key. Relative paths are
 resolved against the config file's folder, or the current folder when only that one has them.
@@ -39,6 +44,15 @@ BUCKET_STEP = 32  # the video VAE's spatial factor
 FRAME_EXTRACTION_MODES = ("head", "chunk", "slide", "uniform", "full")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+# Anything PyAV (FFmpeg) decodes; these are the suffixes an audio_directory is listed by.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff",
+                    ".aifc", ".mka", ".ac3", ".caf")  # fmt: skip
+MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "audio": AUDIO_EXTENSIONS}
+AUDIO_BUCKET_STRATEGIES = ("pad", "truncate")
+# Audio datasets' defaults (the TOML keys of the same names; docs/dataset-config.md "Audio datasets").
+AUDIO_BUCKET_INTERVAL_S = 2.0
+AUDIO_BUCKET_STRATEGY = "pad"
+MAX_AUDIO_DURATION_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,7 @@ class DatasetConfig:
     """One `[[datasets]]` table after defaults, `[general]` fallbacks and validation."""
 
     index: int  # 1-based position in the file, for messages
-    kind: str  # "image" or "video"
+    kind: str  # "image", "video" or "audio"
     source: Path  # the media directory or the JSONL file
     source_is_jsonl: bool
     caption_extension: str
@@ -63,6 +77,11 @@ class DatasetConfig:
     max_frames: int
     source_fps: float | None  # overrides the container's frame rate when set
     target_fps: float | None  # frames are sampled at this rate when set, else at the source rate
+    # Audio datasets only (the defaults elsewhere): clip lengths become multiples of the interval, padded up or
+    # cut down (data.audio_buckets), and never longer than max_audio_duration.
+    audio_bucket_interval: float = AUDIO_BUCKET_INTERVAL_S
+    audio_bucket_strategy: str = AUDIO_BUCKET_STRATEGY
+    max_audio_duration: float = MAX_AUDIO_DURATION_S
 
     @property
     def name(self) -> str:
@@ -91,6 +110,10 @@ def _extraction(value) -> str | None:
     return None if value in FRAME_EXTRACTION_MODES else f"must be one of {', '.join(FRAME_EXTRACTION_MODES)}"
 
 
+def _audio_strategy(value) -> str | None:
+    return None if value in AUDIO_BUCKET_STRATEGIES else f"must be one of {', '.join(AUDIO_BUCKET_STRATEGIES)}"
+
+
 _Validator = Callable[[Any], str | None] | None
 # Keys allowed in [general] and [[datasets]].
 _SHARED: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {
@@ -108,11 +131,23 @@ _SHARED: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {
     "max_frames": ((int,), 129, _positive),
     "source_fps": ((int, float), None, _positive),
     "target_fps": ((int, float), None, _positive),
+    "audio_bucket_interval": ((int, float), AUDIO_BUCKET_INTERVAL_S, _positive),
+    "audio_bucket_strategy": ((str,), AUDIO_BUCKET_STRATEGY, _audio_strategy),
+    "max_audio_duration": ((int, float), MAX_AUDIO_DURATION_S, _positive),
 }
-_SOURCES = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file")
+_SOURCES = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file", "audio_directory",
+            "audio_jsonl_file")  # fmt: skip
 _DATASET_ONLY: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {key: ((str,), None, None) for key in _SOURCES}
 _VIDEO_ONLY = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps",
                "target_fps")  # fmt: skip
+_AUDIO_ONLY = ("audio_bucket_interval", "audio_bucket_strategy", "max_audio_duration")
+_PICTURE_ONLY = ("resolution", "enable_bucket", "bucket_no_upscale")  # image and video datasets
+# Keys a dataset table of each kind may not set ([general] may: there they apply to the kinds that have them).
+_NOT_FOR_KIND = {
+    "image": ((_VIDEO_ONLY, "video datasets only"), (_AUDIO_ONLY, "audio datasets only")),
+    "video": ((_AUDIO_ONLY, "audio datasets only"),),
+    "audio": ((_VIDEO_ONLY, "video datasets only"), (_PICTURE_ONLY, "image and video datasets only")),
+}
 
 
 def snap_frame_count(frames: int) -> int:
@@ -206,16 +241,16 @@ def _build(path: Path, index: int, where: str, general: dict, own: dict, problem
         problems.add(where, f"needs exactly one of {', '.join(_SOURCES)} (found: {found})")
         return None
     source_key = sources[0]
-    kind = "video" if source_key.startswith("video") else "image"
+    kind = source_key.split("_")[0]  # image, video or audio
     source = _resolve(path.parent, values[source_key])
     is_jsonl = source_key.endswith("jsonl_file")
     if not (source.is_file() if is_jsonl else source.is_dir()):
         problems.add(where, f'{source_key} "{source}" does not exist; fix the path')
         return None
-    if kind == "image":  # video keys in [general] are fine: they just do not apply to images
-        for key in _VIDEO_ONLY:
+    for keys, applies_to in _NOT_FOR_KIND[kind]:
+        for key in keys:
             if key in own:
-                problems.add(where, f'key "{key}" applies to video datasets only')
+                problems.add(where, f'key "{key}" applies to {applies_to}')
     if "cache_directory" not in values and is_jsonl:
         problems.add(where, "cache_directory is required for a JSONL dataset")
         return None
@@ -224,7 +259,7 @@ def _build(path: Path, index: int, where: str, general: dict, own: dict, problem
     merged = {**defaults, **values}
     resolution = merged["resolution"]
     width, height = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-    if not merged["enable_bucket"] and (width % BUCKET_STEP or height % BUCKET_STEP):
+    if kind != "audio" and not merged["enable_bucket"] and (width % BUCKET_STEP or height % BUCKET_STEP):
         problems.add(
             where, f"resolution {width}x{height} must be a multiple of {BUCKET_STEP} without enable_bucket = true"
         )
@@ -256,7 +291,16 @@ def _build(path: Path, index: int, where: str, general: dict, own: dict, problem
         max_frames=merged["max_frames"],
         source_fps=float(merged["source_fps"]) if merged["source_fps"] else None,
         target_fps=float(merged["target_fps"]) if merged["target_fps"] else None,
+        **(_audio_settings(merged) if kind == "audio" else {}),
     )
+
+
+def _audio_settings(merged: dict) -> dict:
+    return {
+        "audio_bucket_interval": float(merged["audio_bucket_interval"]),
+        "audio_bucket_strategy": merged["audio_bucket_strategy"],
+        "max_audio_duration": float(merged["max_audio_duration"]),
+    }
 
 
 def _check_unique_caches(path: Path, datasets: list[DatasetConfig]) -> None:
@@ -268,3 +312,27 @@ def _check_unique_caches(path: Path, datasets: list[DatasetConfig]) -> None:
                 f"{path} {dataset.name}: cache_directory {dataset.cache_directory} is also used by {other.name}; "
                 "give every dataset its own cache_directory"
             )
+
+
+def dataset_kind_problems(datasets: list[DatasetConfig], ltx_mode: str) -> list[str]:
+    """One line per dataset that cannot take part in a `--ltx_mode` run (the cachers' and trainer's build mode:
+    video, av or audio): images have no sound, and audio datasets have no pictures."""
+    problems = []
+    for dataset in datasets:
+        if ltx_mode == "audio" and dataset.kind == "image":
+            problems.append(
+                f"{dataset.name}: an image dataset has no sound; remove it from the dataset config for --ltx_mode audio"
+            )
+        elif ltx_mode != "audio" and dataset.kind == "audio":
+            problems.append(
+                f"{dataset.name}: audio datasets train with --ltx_mode audio; remove it from the dataset config for "
+                f"--ltx_mode {ltx_mode}"
+            )
+    return problems
+
+
+def check_dataset_kinds(datasets: list[DatasetConfig], ltx_mode: str) -> None:
+    """DatasetError listing `dataset_kind_problems`, if any."""
+    problems = dataset_kind_problems(datasets, ltx_mode)
+    if problems:
+        raise DatasetError("; ".join(problems))

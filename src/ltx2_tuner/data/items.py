@@ -1,4 +1,5 @@
-"""The media of a dataset: files in a directory or lines of a JSONL file, with their captions."""
+"""The media of a dataset: files in a directory or lines of a JSONL file (`{kind}_path`, `caption`), with their
+captions."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ltx2_tuner.data.config import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, DatasetConfig
+from ltx2_tuner.data.config import MEDIA_EXTENSIONS, DatasetConfig
 from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import DatasetError
 
 
 @dataclass(frozen=True)
 class MediaItem:
-    """One image or video of a dataset; `caption` is set for JSONL datasets, read from a sidecar file otherwise."""
+    """One image, video or audio file of a dataset; `caption` is set for JSONL datasets, read from a sidecar file otherwise."""
 
     dataset: DatasetConfig
     path: Path
@@ -40,13 +41,13 @@ def list_media(dataset: DatasetConfig) -> list[MediaItem]:
                 "collide; rename one of them"
             )
     if not items:
-        kinds = IMAGE_EXTENSIONS if dataset.kind == "image" else VIDEO_EXTENSIONS
+        kinds = MEDIA_EXTENSIONS[dataset.kind]
         raise DatasetError(f"{dataset.source}: no {dataset.kind} files ({' '.join(kinds)}) in {dataset.name}")
     return items
 
 
 def _from_directory(dataset: DatasetConfig) -> list[MediaItem]:
-    extensions = IMAGE_EXTENSIONS if dataset.kind == "image" else VIDEO_EXTENSIONS
+    extensions = MEDIA_EXTENSIONS[dataset.kind]
     files = sorted(p for p in dataset.source.iterdir() if p.is_file() and p.suffix.lower() in extensions)
     return [MediaItem(dataset, path) for path in files]
 

@@ -4,10 +4,15 @@ Targets are chosen by a preset and optional regexes (`--network_args preset=full
 
 | preset | targets (q/k/v/out projections unless noted) |
 |---|---|
-| `video_attn` (default, video mode) | video self-attention `attn1`, video text cross-attention `attn2` |
-| `av_attn` (default, AV mode) | those + `audio_attn1`, `audio_attn2`, `audio_to_video_attn`, `video_to_audio_attn` |
-| `audio_attn` (default, audio mode) | `audio_attn1`, `audio_attn2` |
+| `video_attn` (default, T2V) | video self-attention `attn1`, video text cross-attention `attn2` |
+| `av_attn` (default, T2AV) | those + `audio_attn1`, `audio_attn2`, `audio_to_video_attn`, `video_to_audio_attn` |
+| `audio` (default, T2A) | `audio_attn1`, `audio_attn2` and the audio feed-forward `audio_ff` (the official T2A list) |
+| `audio_attn` | `audio_attn1`, `audio_attn2` only (a lighter audio LoRA) |
+| `a2v` (default, A2V) | `attn1`, `attn2`, `audio_to_video_attn` (Q video, K/V audio): the generated side only |
+| `v2a` (default, V2A) | `audio` + `video_to_audio_attn` (Q audio, K/V video), the official V2A (Foley) list |
 | `full` | every attention the build has (and its `to_gate_logits` gate on LTX-2.3), plus `ff`, `audio_ff` |
+
+The default is the mode's (`roles.ModalityRoles.default_preset`, which says why for each).
 
 The LoRA weights stay in float32 whatever the base dtype. The saved file uses the official module names:
 `diffusion_model.<official path>.lora_A.weight` / `.lora_B.weight`, with alpha / rank folded into `lora_B` and no
@@ -32,6 +37,7 @@ from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models.key_maps import TRANSFORMER_KEYS
 from ltx2_tuner.models.safetensors_io import save_atomically
 from ltx2_tuner.networks.lora_files import OFFICIAL_PREFIX, LoraFileError, LoraLayer, read_lora_file
+from ltx2_tuner.roles import ModalityRoles, roles_for
 
 _PROJECTIONS = r"(to_q|to_k|to_v|to_out\.0)"
 _FEED_FORWARD = r"(ff|audio_ff)\.net\.(0\.proj|2)"
@@ -40,10 +46,13 @@ PRESETS = {
     "av_attn": rf"transformer_blocks\.\d+\.(attn1|attn2|audio_attn1|audio_attn2|audio_to_video_attn|"
     rf"video_to_audio_attn)\.{_PROJECTIONS}",
     "audio_attn": rf"transformer_blocks\.\d+\.(audio_attn1|audio_attn2)\.{_PROJECTIONS}",
+    "audio": rf"transformer_blocks\.\d+\.((audio_attn1|audio_attn2)\.{_PROJECTIONS}|audio_ff\.net\.(0\.proj|2))",
+    "a2v": rf"transformer_blocks\.\d+\.(attn1|attn2|audio_to_video_attn)\.{_PROJECTIONS}",
+    "v2a": rf"transformer_blocks\.\d+\.((audio_attn1|audio_attn2|video_to_audio_attn)\.{_PROJECTIONS}|"
+    rf"audio_ff\.net\.(0\.proj|2))",
     # LTX-2.3's per-head attention gate `to_gate_logits` too, as musubi's `full`, so its full LoRAs load.
     "full": rf"transformer_blocks\.\d+\.([a-z_0-9]*attn[a-z_0-9]*\.({_PROJECTIONS}|to_gate_logits)|{_FEED_FORWARD})",
 }
-DEFAULT_PRESET = {"video": "video_attn", "av": "av_attn", "audio": "audio_attn"}
 ADAPTER = "default"
 
 
@@ -76,10 +85,14 @@ def parse_network_args(args: list[str] | None) -> dict[str, str]:
     return parsed
 
 
-def select_targets(backbone: nn.Module, mode: str, network_args: list[str] | None = None) -> tuple[str, ...]:
-    """Names of the Linear modules of `backbone` that get a LoRA, per preset/include/exclude."""
+def select_targets(
+    backbone: nn.Module, roles: ModalityRoles | str, network_args: list[str] | None = None
+) -> tuple[str, ...]:
+    """Names of the Linear modules of `backbone` that get a LoRA, per preset (default: the mode's)/include/exclude.
+    `roles` may be an --ltx_mode string (video, av, audio: T2V, T2AV, T2A)."""
     args = parse_network_args(network_args)
-    pattern = re.compile(PRESETS[args.get("preset", DEFAULT_PRESET[mode])])
+    roles = roles_for(roles) if isinstance(roles, str) else roles
+    pattern = re.compile(PRESETS[args.get("preset", roles.default_preset)])
     include = re.compile(args["include"]) if "include" in args else None
     exclude = re.compile(args["exclude"]) if "exclude" in args else None
     targets = []
@@ -90,7 +103,7 @@ def select_targets(backbone: nn.Module, mode: str, network_args: list[str] | Non
         if chosen and not (exclude is not None and exclude.search(name)):
             targets.append(name)
     if not targets:
-        raise ConfigError(f"--network_args {network_args}: no layer of the {mode} transformer matches")
+        raise ConfigError(f"--network_args {network_args}: no layer of the {roles.build} transformer matches")
     return tuple(sorted(targets))
 
 

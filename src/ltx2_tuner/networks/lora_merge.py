@@ -46,7 +46,12 @@ def merge_lora(backbone: nn.Module, path: Path, strength: float) -> int:
         _check_shape(path, name, lora_file.layers[name], linears[name])
     skipped = set(lora_file.layers) - set(linears)
     if skipped:
-        hint = "; audio layers need --ltx_mode av" if any("audio" in name for name in skipped) else ""
+        audio_layers = [name for name in skipped if "audio" in name]
+        hint = ""
+        if audio_layers:
+            hint = "; audio layers need --ltx_mode av (or audio)"
+        if len(audio_layers) < len(skipped):
+            hint += "; video layers need --ltx_mode av (or video)"
         warnings.warn(
             f"{path}: {len(matched)} of {len(lora_file.layers)} LoRA layers merged; {len(skipped)} are not in this "
             f"transformer build and are skipped (e.g. {_examples(skipped)}){hint}",

@@ -68,7 +68,9 @@ def write_synthetic_dataset(
         if with_audio:
             audio = _structured((8, audio_length, 16), generator, channel_dims=(0, 2))
             lengths = torch.tensor([audio_length], dtype=torch.int32)
-            audio_fingerprint = {**fingerprint, "audio_checkpoint": None, "audio": "synthetic"}
+            audio_fingerprint = {
+                **fingerprint, "audio_checkpoint": None, "audio": "synthetic", "audio_preprocessing": "synthetic"
+            }
             tensors = {naming.audio_latents_key(audio): audio, "audio_lengths_int32": lengths}
             write_cache(naming.audio_cache_path(dataset.cache_directory, key), tensors, audio_fingerprint)
         text = {
@@ -83,3 +85,31 @@ def write_synthetic_dataset(
         }
         write_cache(naming.text_cache_path(dataset.cache_directory, stem), text, text_fingerprint)
     return config
+
+
+def write_synthetic_text_caches(
+    config: Path,
+    mode: str = "audio",
+    context_dims: tuple[int, int] = (32, 16),
+    text_tokens: int = 128,
+    version: str = "2.3",
+    seed: int = 0,
+) -> None:
+    """Text caches for every media item of the datasets in `config`, as the text cacher writes them in `mode` (video,
+    av or audio: which embeddings), from each item's real caption, with seeded random embeddings per caption."""
+    from ltx2_tuner.data.items import list_media, read_caption
+
+    for dataset in load_dataset_config(config):
+        for media in list_media(dataset):
+            caption = read_caption(media)
+            generator = torch.Generator().manual_seed(seed + int(hashlib.sha256(caption.encode()).hexdigest()[:8], 16))
+            text = {"prompt_attention_mask": torch.ones(text_tokens, dtype=torch.int64)}
+            for modality, width in zip(("video", "audio"), context_dims, strict=True):
+                if mode in (modality, "av"):
+                    text[f"{modality}_prompt_embeds_float32"] = torch.randn(text_tokens, width, generator=generator)
+            fingerprint = {
+                "caption_sha256": hashlib.sha256(caption.encode("utf-8")).hexdigest(),
+                "mode": mode,
+                "connectors": {"version": version},
+            }
+            write_cache(naming.text_cache_path(dataset.cache_directory, media.stem), text, fingerprint)

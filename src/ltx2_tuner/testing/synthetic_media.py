@@ -19,7 +19,10 @@ import av
 import numpy as np
 from PIL import Image
 
-_AUDIO_CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".m4a": "aac", ".aac": "aac", ".mp4": "aac", ".mkv": "aac"}
+_AUDIO_CODECS = {".wav": "pcm_s16le", ".flac": "flac", ".m4a": "aac", ".aac": "aac", ".mp4": "aac", ".mkv": "aac",
+                 ".mp3": "libmp3lame", ".ogg": "vorbis", ".oga": "flac", ".opus": "libopus"}  # fmt: skip
+# FFmpeg's own Vorbis encoder (the build has no libvorbis) is marked experimental and writes stereo only.
+_CODEC_OPTIONS = {"vorbis": {"strict": "experimental"}}
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}
 
 
@@ -30,12 +33,16 @@ def tone(duration_s: float, sample_rate: int, frequencies_hz: tuple[float, ...] 
 
 
 def write_audio(path: str | Path, waveform: np.ndarray, sample_rate: int) -> Path:
-    """Write [C, S] float samples in [-1, 1] (C = 1, 2, 6 or 8) to an audio file; the codec follows the suffix."""
+    """Write [C, S] float samples in [-1, 1] (C = 1, 2, 6 or 8) to an audio file; the codec follows the suffix:
+    .wav (16-bit PCM), .flac / .oga (FLAC), .mp3 (LAME), .ogg (Vorbis, stereo only), .opus (Opus: 8, 12, 16, 24 or
+    48 kHz), .m4a / .aac / .mp4 / .mkv (AAC)."""
     path = Path(path)
     codec = _AUDIO_CODECS[path.suffix.lower()]
     layout = _LAYOUTS[waveform.shape[0]]
+    if codec == "vorbis" and layout != "stereo":
+        raise ValueError(f"{path.name}: FFmpeg's Vorbis encoder writes stereo only, not {layout}")
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=sample_rate, layout=layout)
+        stream = container.add_stream(codec, rate=sample_rate, layout=layout, options=_CODEC_OPTIONS.get(codec, {}))
         frame_size = stream.codec_context.frame_size or 1024
         fmt = stream.codec_context.format.name  # the encoder's native sample format
         for frame in _audio_frames(waveform, sample_rate, layout, fmt, frame_size):

@@ -21,6 +21,7 @@ from ltx2_tuner.errors import ConfigError, DatasetError
 from ltx2_tuner.flags import (
     AUDIO_VAE,
     DATASET_CONFIG,
+    FROZEN_MODALITY,
     LTX2_CHECKPOINT,
     LTX_MODE,
     TEXT_ENCODER,
@@ -33,6 +34,7 @@ from ltx2_tuner.flags import (
     with_help,
 )
 from ltx2_tuner.models.attention_backends import ATTENTION_BACKENDS, backend_problem
+from ltx2_tuner.roles import roles_for
 from ltx2_tuner.training.flow_matching import SIGMA_SAMPLERS
 from ltx2_tuner.training.optim import optimizer_class, parse_optimizer_args
 
@@ -52,7 +54,11 @@ def _flags() -> dict[str, list[Flag]]:
         "data and model": [
             with_help(DATASET_CONFIG, "; its caches must exist (required)"),
             with_help(LTX2_CHECKPOINT, " (required)"),
-            with_help(LTX_MODE, "; video builds no audio stream, av trains an audio-video LoRA"),
+            with_help(
+                LTX_MODE,
+                "; video builds no audio stream, av trains an audio-video LoRA, audio builds no video stream (T2A)",
+            ),
+            FROZEN_MODALITY,
             with_help(TEXT_ENCODER, "; only for --sample_prompts previews whose prompt cache is missing or stale"),
             Flag("gemma_root", Path, None, "same as --text_encoder (its older name)"),
             with_help(VIDEO_VAE, "; previews only (decoding, and encoding their --i images)"),
@@ -137,7 +143,8 @@ def _flags() -> dict[str, list[Flag]]:
                 "network_args",
                 str,
                 None,
-                "preset=video_attn|av_attn|audio_attn|full include=REGEX exclude=REGEX",
+                "preset=video_attn|av_attn|audio|audio_attn|a2v|v2a|full include=REGEX exclude=REGEX (default: the "
+                "mode's preset)",
                 nargs="*",
             ),
             Flag("network_weights", Path, None, "start from this LoRA file (official or musubi format)"),
@@ -210,7 +217,7 @@ def _flags() -> dict[str, list[Flag]]:
                 action="boolean",
             ),
             Flag("video_loss_weight", float, 1.0, "weight of the video loss", bound=NON_NEGATIVE),
-            Flag("audio_loss_weight", float, 1.0, "weight of the audio loss (AV)", bound=NON_NEGATIVE),
+            Flag("audio_loss_weight", float, 1.0, "weight of the audio loss (AV, T2A, V2A)", bound=NON_NEGATIVE),
         ],
         "previews": [
             Flag(
@@ -348,6 +355,10 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--fp8_scaled: only means something with --fp8_base; add --fp8_base or drop the flag")
     if (problem := _network_module_problem(args)) is not None:
         problems.append(problem)
+    try:
+        roles_for(args.ltx_mode, args.frozen_modality)
+    except ConfigError as error:
+        problems.append(str(error))
     return problems + _optimizer_problems(args) + _preview_problems(args)
 
 

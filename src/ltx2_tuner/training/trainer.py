@@ -34,6 +34,7 @@ from ltx2_tuner.models.configs import transformer_config
 from ltx2_tuner.models.fp8 import fp8_storage
 from ltx2_tuner.models.model_files import model_files
 from ltx2_tuner.networks.lora_files import VERSION_KEY, lora_version_warning
+from ltx2_tuner.roles import ModalityRoles, roles_for
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training import distributed
@@ -84,6 +85,7 @@ class Run:
     fingerprint: dict
     weight_dtype: torch.dtype
     previews: PreviewRunner | None  # with --sample_prompts
+    roles: ModalityRoles
     model_version: str = ""  # "2.0", "2.3" or "2.5": recorded in the LoRA files
 
 
@@ -98,6 +100,7 @@ def check_precision(info, mixed_precision: str) -> None:
 def setup(args) -> Run:
     """Everything before the loop, in dependency order: process group, data, model, network, optimizer, state."""
     # Validate what can be validated before any process group or weights exist.
+    roles = roles_for(args.ltx_mode, args.frozen_modality)
     files = model_files(
         args.ltx2_checkpoint, args.video_vae or args.vae, args.audio_vae, args.text_encoder or args.gemma_root
     )
@@ -134,15 +137,15 @@ def setup(args) -> Run:
         previews = PreviewRunner.prepare(args, files, accelerator, weight_dtype)
     # With --blocks_to_swap the model loads on the CPU: enable_block_swap moves all but the swapped weights.
     model = load_transformer(
-        info, args.ltx_mode, dtype=weight_dtype, device="cpu" if args.blocks_to_swap else accelerator.device,
+        info, roles.build, dtype=weight_dtype, device="cpu" if args.blocks_to_swap else accelerator.device,
         attention_backend=args.attention_backend, gradient_checkpointing=args.gradient_checkpointing,
         fp8=fp8_storage(args.fp8_base, args.fp8_scaled),
     )  # fmt: skip
     context_dim = context_dims(model.config)[0]
-    batches = CachedBatches(datasets, args.ltx_mode, args.seed, args.dataset_config, info.version, context_dim)
+    batches = CachedBatches(datasets, roles, args.seed, args.dataset_config, info.version, context_dim)
 
     network_module = importlib.import_module(args.network_module)
-    targets = network_module.select_targets(model.backbone, args.ltx_mode, args.network_args)
+    targets = network_module.select_targets(model.backbone, roles, args.network_args)
     spec = network_module.LoraSpec(args.network_dim, args.network_alpha, args.network_dropout, targets)
     params = network_module.add_lora(model.backbone, spec)
     if args.network_weights:
@@ -165,7 +168,7 @@ def setup(args) -> Run:
     steps_per_epoch = acc.steps_per_epoch(batches_per_rank, args.gradient_accumulation_steps)
     total_steps = args.max_train_epochs * steps_per_epoch if args.max_train_epochs else args.max_train_steps
     fingerprint = {
-        "checkpoint": info.fingerprint, "mode": args.ltx_mode, "network_module": args.network_module,
+        "checkpoint": info.fingerprint, "mode": roles.name, "network_module": args.network_module,
         "rank": args.network_dim, "alpha": args.network_alpha, "targets": list(targets),
         "datasets": [dataset_digest(d) for d in datasets], "optimizer": args.optimizer_type,
         "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
@@ -183,7 +186,7 @@ def setup(args) -> Run:
         args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight, args.first_frame_keyframe,
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
-               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews,
+               total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews, roles,
                info.version)  # fmt: skip
 
 
@@ -262,7 +265,7 @@ def train(args) -> Path:
 
 def _forward_backward(run: Run, batch: dict, group_size: int):
     """Loss of one batch and its gradients, scaled so that a group's gradients are the mean over its batches."""
-    inputs = prepare_inputs(batch, run.args.ltx_mode, run.flow, run.generator, run.accelerator.device, run.weight_dtype)
+    inputs = prepare_inputs(batch, run.roles, run.flow, run.generator, run.accelerator.device, run.weight_dtype)
     with run.accelerator.autocast():
         predictions = run.model(inputs.video, inputs.audio)
         loss, parts = compute_loss(predictions, inputs, run.flow)
@@ -300,9 +303,9 @@ def _new_window() -> dict:
 
 def _collect(window: dict, loss, parts, inputs) -> None:
     window["loss"].append(loss.detach().float())
-    window["video"].append((parts["video"].detach().float(), inputs.video_sigma))
-    if "audio" in parts:
-        window["audio"].append((parts["audio"].detach().float(), inputs.audio_sigma))
+    for modality, sigma in (("video", inputs.video_sigma), ("audio", inputs.audio_sigma)):
+        if modality in parts:
+            window[modality].append((parts[modality].detach().float(), sigma))
 
 
 def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
@@ -316,9 +319,10 @@ def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
     for modality in ("video", "audio"):
         if window[modality]:
             metrics[f"loss_{modality}"] = torch.cat([v.cpu() for v, _ in window[modality]]).mean().item()
-    # Per-sigma-bucket loss on the video sigma, as the official trainer logs it (video is always generated here).
+    # Per-sigma-bucket loss on the sigma of the mode's primary generated modality (video, else audio), as the
+    # official trainer logs it on the video sigma.
     by_bucket: dict[str, list[float]] = {}
-    for values, sigmas in window["video"]:
+    for values, sigmas in window[run.roles.primary]:
         for value, sigma in zip(values.tolist(), sigmas.tolist(), strict=True):
             by_bucket.setdefault(f"loss_sigma_{sigma_bucket(sigma)}", []).append(value)
     metrics.update({key: sum(values) / len(values) for key, values in by_bucket.items()})
@@ -375,6 +379,7 @@ def _lora_metadata(run: Run) -> dict:
         "base_model_fingerprint": run.fingerprint["checkpoint"],
         VERSION_KEY: run.model_version,
         "ltx_mode": args.ltx_mode,
+        "training_mode": run.roles.name,  # t2v, t2av, t2a, a2v or v2a
         "training_step": str(run.state.step),
         "training_settings": json.dumps(
             {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}, sort_keys=True
