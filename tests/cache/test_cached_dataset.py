@@ -181,7 +181,8 @@ def test_text_cache_must_fit_the_mode_the_model_and_the_caption(tmp_path):
     write_text("video", "2.3", "a red ball")
     assert len(CachedBatches([dataset], "video", model_version="2.3")) == 1
     with pytest.raises(
-        CacheError, match=r"made with --ltx_mode video \(no audio embeddings\) but training needs them \(--ltx_mode av\); .*ltx2_cache_text_encoder_outputs"
+        CacheError,
+        match=r"made with --ltx_mode video \(no audio embeddings\) but training needs them \(--ltx_mode av\); .*ltx2_cache_text_encoder_outputs",
     ):
         CachedBatches([dataset], "av")
     write_text("video", "2.0", "a red ball")

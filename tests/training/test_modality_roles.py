@@ -44,7 +44,10 @@ def _batch(batch_size=2, frames=3, audio_tokens=12, seed=0, video=True, audio=Tr
     return batch
 
 
-def _prepare(batch, roles, flow=FlowSettings(first_frame_p=0.5), seed=0):
+HALF_FIRST_FRAMES = FlowSettings(first_frame_p=0.5)
+
+
+def _prepare(batch, roles, flow=HALF_FIRST_FRAMES, seed=0):
     return prepare_inputs(batch, roles, flow, torch.Generator().manual_seed(seed), CPU, torch.float32)
 
 
@@ -66,7 +69,7 @@ def test_the_roles_table_and_bad_combinations():
     assert roles_for("audio").primary == "audio" and roles_for("av", "video").primary == "audio"
     assert roles_for("av", "audio").primary == "video" and roles_for("av").both_present
     for mode in ("video", "audio"):
-        with pytest.raises(ConfigError, match=f"--frozen_modality audio needs both modalities: use --ltx_mode av"):
+        with pytest.raises(ConfigError, match="--frozen_modality audio needs both modalities: use --ltx_mode av"):
             roles_for(mode, "audio")
     with pytest.raises(ConfigError, match="--ltx_mode music: choose one of video, av, audio"):
         roles_for("music")

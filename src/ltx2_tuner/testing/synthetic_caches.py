@@ -69,7 +69,10 @@ def write_synthetic_dataset(
             audio = _structured((8, audio_length, 16), generator, channel_dims=(0, 2))
             lengths = torch.tensor([audio_length], dtype=torch.int32)
             audio_fingerprint = {
-                **fingerprint, "audio_checkpoint": None, "audio": "synthetic", "audio_preprocessing": "synthetic"
+                **fingerprint,
+                "audio_checkpoint": None,
+                "audio": "synthetic",
+                "audio_preprocessing": "synthetic",
             }
             tensors = {naming.audio_latents_key(audio): audio, "audio_lengths_int32": lengths}
             write_cache(naming.audio_cache_path(dataset.cache_directory, key), tensors, audio_fingerprint)
