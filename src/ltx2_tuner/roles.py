@@ -106,6 +106,19 @@ class ModalityRoles:
     def default_preset(self) -> str:
         return _DEFAULT_PRESETS[self.name]
 
+    def dataset_problem(self, kind: str) -> str | None:
+        """Why a dataset of `kind` (image, video or audio) cannot take part in this mode, or None."""
+        if kind == "audio" and self.present("video"):
+            return f"audio datasets train with --ltx_mode audio; remove it from the dataset config for --ltx_mode {self.build}"
+        if kind == "image" and not self.present("video"):
+            return "an image dataset has no sound; remove it from the dataset config for --ltx_mode audio"
+        if kind == "image" and FROZEN in (self.video, self.audio):
+            return (
+                f"an image dataset has no sound, and {self.name.upper()} trains on video with sound; remove it from the "
+                "dataset config"
+            )
+        return None
+
     @property
     def primary(self) -> str:
         """The modality whose sigma the per-sigma loss is logged by: video when generated, else audio."""

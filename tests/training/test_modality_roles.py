@@ -152,3 +152,18 @@ def test_the_audio_build_runs_without_video_and_the_frozen_audio_conditions_the_
     with torch.no_grad():
         first, second = av_model(a2v.video, a2v.audio)[0], av_model(changed.video, changed.audio)[0]
     assert (first - second).abs().max() > 1e-4  # the video prediction depends on the frozen audio
+
+
+def test_dataset_kinds_each_mode_refuses_in_one_line():
+    expected = {  # (image, video, audio) datasets: which are refused
+        "t2v": (False, False, True),
+        "t2av": (False, False, True),
+        "t2a": (True, False, False),
+        "a2v": (True, False, True),
+        "v2a": (True, False, True),
+    }
+    for name, refused in expected.items():
+        roles = roles_by_name(name)
+        problems = [roles.dataset_problem(kind) for kind in ("image", "video", "audio")]
+        assert [p is not None for p in problems] == list(refused), name
+        assert all("\n" not in p and "remove it from the dataset config" in p for p in problems if p)

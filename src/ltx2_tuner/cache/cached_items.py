@@ -185,20 +185,6 @@ def _text_fingerprint_problem(fingerprint: dict, media, roles: ModalityRoles, mo
     return None
 
 
-def _dataset_problem(dataset: DatasetConfig, roles: ModalityRoles) -> str | None:
-    """Why `dataset` cannot train under `roles`, or None."""
-    if dataset.kind == "audio" and roles.present("video"):
-        return f"{dataset.name} is an audio dataset (no video); train it with --ltx_mode audio"
-    if dataset.kind == "image" and not roles.present("video"):
-        return f"{dataset.name} is an image dataset (no sound); remove it from the dataset config for --ltx_mode audio"
-    if dataset.kind == "image" and roles.name in ("a2v", "v2a"):
-        return (
-            f"{dataset.name} is an image dataset (no sound) but {roles.name.upper()} trains on video with sound; "
-            "remove it from the dataset config"
-        )
-    return None
-
-
 def scan_cached_items(
     datasets: list[DatasetConfig],
     roles: ModalityRoles,
@@ -211,9 +197,9 @@ def scan_cached_items(
     problems = _Problems(dataset_config, roles)
     items, dropped = [], []
     for dataset in datasets:
-        problem = _dataset_problem(dataset, roles)
+        problem = roles.dataset_problem(dataset.kind)
         if problem is not None:
-            problems.lines.append(f"{dataset.source}: {problem}")
+            problems.lines.append(f"{dataset.source}: {dataset.name}: {problem}")
             continue
         by_stem = {media.stem: media for media in list_media(dataset)}
         scan = _Scan(dataset, by_stem, roles, model_version, video_context_dim, problems)

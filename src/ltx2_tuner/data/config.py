@@ -34,6 +34,7 @@ from typing import Any
 
 from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import DatasetError
+from ltx2_tuner.roles import ModalityRoles, roles_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -314,25 +315,15 @@ def _check_unique_caches(path: Path, datasets: list[DatasetConfig]) -> None:
             )
 
 
-def dataset_kind_problems(datasets: list[DatasetConfig], ltx_mode: str) -> list[str]:
-    """One line per dataset that cannot take part in a `--ltx_mode` run (the cachers' and trainer's build mode:
-    video, av or audio): images have no sound, and audio datasets have no pictures."""
-    problems = []
-    for dataset in datasets:
-        if ltx_mode == "audio" and dataset.kind == "image":
-            problems.append(
-                f"{dataset.name}: an image dataset has no sound; remove it from the dataset config for --ltx_mode audio"
-            )
-        elif ltx_mode != "audio" and dataset.kind == "audio":
-            problems.append(
-                f"{dataset.name}: audio datasets train with --ltx_mode audio; remove it from the dataset config for "
-                f"--ltx_mode {ltx_mode}"
-            )
-    return problems
+def dataset_kind_problems(datasets: list[DatasetConfig], roles: ModalityRoles | str) -> list[str]:
+    """One line per dataset that cannot take part in a run of `roles` (or of an --ltx_mode: video, av, audio):
+    images have no sound, and audio datasets have no pictures (roles.ModalityRoles.dataset_problem)."""
+    roles = roles_for(roles) if isinstance(roles, str) else roles
+    return [f"{d.name}: {problem}" for d in datasets if (problem := roles.dataset_problem(d.kind)) is not None]
 
 
-def check_dataset_kinds(datasets: list[DatasetConfig], ltx_mode: str) -> None:
+def check_dataset_kinds(datasets: list[DatasetConfig], roles: ModalityRoles | str) -> None:
     """DatasetError listing `dataset_kind_problems`, if any."""
-    problems = dataset_kind_problems(datasets, ltx_mode)
+    problems = dataset_kind_problems(datasets, roles)
     if problems:
         raise DatasetError("; ".join(problems))
