@@ -82,7 +82,7 @@ def test_frozen_modality_enters_clean_at_timestep_0_and_the_generated_one_learns
 ):
     config = write_synthetic_dataset(tmp_path / "data", context_dims=(128, 128))
     calls = _recording(monkeypatch)
-    assert _train(small_checkpoint, config, tmp_path / "out", name, "--max_train_steps", "150",
+    assert _train(small_checkpoint, config, tmp_path / "out", name, "--max_train_steps", "100",
                   "--learning_rate", "3e-3") == 0  # fmt: skip
     monkeypatch.undo()
     frozen = MODES[name][1]
@@ -92,7 +92,7 @@ def test_frozen_modality_enters_clean_at_timestep_0_and_the_generated_one_learns
         batch = batches[index]
         clean.append(patchify_video(batch["latents"]["latents"]) if frozen == "video" else
                      patchify_audio(batch["audio_latents"]["latents"]))  # fmt: skip
-    assert len(calls) == 150
+    assert len(calls) == 100
     for video, audio in calls:
         given = video if frozen == "video" else audio
         assert any(torch.equal(given.latent, latents) for latents in clean)  # the cached latents, unchanged
@@ -101,6 +101,7 @@ def test_frozen_modality_enters_clean_at_timestep_0_and_the_generated_one_learns
         assert generated.sigma.gt(0).all()
     before = eval_loss(small_checkpoint, config, name)
     after = eval_loss(small_checkpoint, config, name, tmp_path / "out" / "ltx2_lora.safetensors")
+    print(f"{name}: generated-modality eval loss {before:.4f} -> {after:.4f}")
     assert after < 0.8 * before, (before, after)
 
 
@@ -154,4 +155,5 @@ def test_t2a_overfits_captioned_tones_and_never_runs_a_video_module(small_checkp
 
     before = eval_loss(small_checkpoint, config, "t2a")
     after = eval_loss(small_checkpoint, config, "t2a", tmp_path / "out" / "ltx2_lora.safetensors")
+    print(f"t2a: eval loss {before:.4f} -> {after:.4f}; modules that ran: {len(ran)}")
     assert after < 0.7 * before, (before, after)
