@@ -71,7 +71,7 @@ def test_fps_alias_audio_guidance_image_and_version_defaults(tmp_path):
         ("a --ga -1", r"^p:1: --ga -1.0 must not be negative$"),
         ("a --g nan", r"^p:1: --g nan must not be negative$"),
         ("a --s 0", r"^p:1: --fs and --s must be positive$"),
-        ("a --i", r"^p:1: --i needs an image path"),
+        ("a --i", r"^p:1: --i needs a path to the image"),
     ):
         with pytest.raises(DatasetError, match=message):
             parse_prompt_line(line, "p:1")
@@ -163,7 +163,66 @@ def test_video_only_cache_does_not_serve_av_previews(tmp_path, tiny_checkpoints,
     assert _cache(config, tiny_checkpoints["2.0"].path, tiny_gemma_dir, *flags) == 0
     embeds = load_sample_prompt_cache(custom, prompts, mode="video")
     assert embeds[0].audio is None and embeds[0].video.shape == (1024, 32)
-    with pytest.raises(CacheError, match=r"video only, but AV previews need audio embeddings; run .* --ltx_mode av"):
+    with pytest.raises(
+        CacheError, match=r"in video mode; av-mode previews need video and audio embeddings; run .* --ltx_mode av"
+    ):
         load_sample_prompt_cache(custom, prompts, mode="av")
+    with pytest.raises(CacheError, match=r"in video mode; audio-mode previews need audio embeddings"):
+        load_sample_prompt_cache(custom, prompts, mode="audio")
     with pytest.raises(CacheError, match=r"no sample prompt embeddings for .*p\.txt; run `python ltx2_cache_text"):
         load_sample_prompt_cache(tmp_path / "missing.safetensors", prompts)
+
+
+def test_audio_mode_caches_hold_no_video_and_an_av_cache_serves_every_mode(tmp_path, tiny_checkpoints, tiny_gemma_dir):
+    from ltx2_tuner.cache.sample_prompts import cache_sample_prompts, sample_cache_path
+    from ltx2_tuner.models import read_checkpoint_info
+    from ltx2_tuner.models.text_embeddings import encode_prompts, load_text_embedder
+    from ltx2_tuner.models.text_encoder import load_gemma
+
+    info = read_checkpoint_info(tiny_checkpoints["2.3"].path)
+    prompts_file = tmp_path / "p.txt"
+    prompts_file.write_text("rain on a tin roof --du 1.5\n", encoding="utf-8")
+    prompts = read_sample_prompts(prompts_file)
+    gemma = load_gemma(tiny_gemma_dir, torch.float32)
+    found = {}
+    for mode in ("audio", "av"):
+        embedder = load_text_embedder(info, mode, torch.float32)
+        path = tmp_path / mode / sample_cache_path(prompts_file).name
+        fingerprint = {"connectors": {"file": info.fingerprint, "version": info.version}, "mode": mode}
+        cache_sample_prompts(path, prompts, lambda texts, e=embedder: encode_prompts(gemma, e, texts), fingerprint)
+        found[mode] = path
+
+    (audio_only,) = load_sample_prompt_cache(found["audio"], prompts_file, mode="audio", version="2.3")
+    assert audio_only.video is None and audio_only.negative_video is None and audio_only.audio.shape == (1024, 16)
+    assert audio_only.sample.duration_s == 1.5 and audio_only.sample.audio_seconds == 1.5
+    with safe_open(str(found["audio"]), framework="pt") as f:
+        assert not any("video" in key for key in f.keys())  # noqa: SIM118
+    with pytest.raises(CacheError, match=r"in audio mode; video-mode previews need video embeddings"):
+        load_sample_prompt_cache(found["audio"], prompts_file, mode="video")
+    with pytest.raises(CacheError, match=r"in audio mode; av-mode previews need video and audio embeddings"):
+        load_sample_prompt_cache(found["audio"], prompts_file, mode="av")
+    for mode in ("audio", "av", "video"):  # an AV cache serves them all, with the same audio context
+        (embeds,) = load_sample_prompt_cache(found["av"], prompts_file, mode=mode)
+        assert torch.equal(embeds.audio, audio_only.audio) and embeds.video is not None
+
+
+def test_audio_and_video_condition_options(tmp_path):
+    (tmp_path / "media").mkdir()
+    for name in ("voice.wav", "clip.mp4", "first.png"):
+        (tmp_path / "media" / name).write_bytes(b"")  # only their existence is checked when parsing
+    path = tmp_path / "prompts.txt"
+    path.write_text("a dog barks --a media/voice.wav --f 17\nwaves --v media/clip.mp4 --fs 25\nrain\n", "utf-8")
+    a2v, v2a, t2a = read_sample_prompts(path)
+    assert a2v.audio == str(tmp_path / "media" / "voice.wav") and a2v.video is None and a2v.num_frames == 17
+    assert v2a.video == str(tmp_path / "media" / "clip.mp4") and v2a.audio is None
+    assert t2a.duration_s is None and t2a.audio_seconds == 49 / 24  # the default length: --f / --fs
+    for line, message in (
+        ("a --a media/none.wav", r"^p:1: --a media/none.wav: audio file not found at .*none.wav; fix the path"),
+        ("a --v", r"^p:1: --v needs a path to the video file"),
+        ("a --a media/voice.wav --v media/clip.mp4", r"^p:1: --a and --v together; a prompt conditions on one"),
+        ("a --i media/first.png --v media/clip.mp4", r"^p:1: --i and --v together"),
+        ("a --du 0.01", r"^p:1: --du 0.01 must be at least 0.04 seconds$"),
+        ("a --du 2 --a media/voice.wav", r"^p:1: --du sets the length of audio-only previews"),
+    ):
+        with pytest.raises(DatasetError, match=message):
+            parse_prompt_line(line, "p:1", tmp_path)

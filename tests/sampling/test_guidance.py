@@ -55,7 +55,7 @@ def test_plan_runs_only_the_passes_that_change_the_result():
     assert av[3].perturbation == Perturbation(cross_modal=False)
 
     # Video only: no isolated pass (modality guidance needs both), and no audio perturbation.
-    video_only = plan_passes(effective_params(on, other_modality_generated=False), None, video_negative=True)
+    video_only = plan_passes(effective_params(on, other_modality_present=False), None, video_negative=True)
     assert _names(video_only) == [COND, UNCOND, PERTURBED]
     assert video_only[2].perturbation == Perturbation(video_self_attn_blocks=(28,))
 
@@ -70,6 +70,20 @@ def test_plan_runs_only_the_passes_that_change_the_result():
     assert mixed[-1].perturbation == Perturbation(audio_self_attn_blocks=(0, 3))
     assert _names(plan_passes(GuidanceParams(stg=1.0), None, video_negative=False)) == [COND]
     assert _names(plan_passes(GuidanceParams(), GuidanceParams(), video_negative=True, audio_negative=True)) == [COND]
+
+
+def test_a_frozen_modality_adds_no_pass_but_keeps_the_other_ones_modality_guidance():
+    on = GuidanceParams(cfg=3.0, stg=1.0, rescale=0.7, modality=3.0, stg_blocks=(28,))
+    a2v = plan_passes(effective_params(on, other_modality_present=True), GuidanceParams(), video_negative=True)
+    assert _names(a2v) == [COND, UNCOND, PERTURBED, ISOLATED]
+    assert a2v[2].perturbation == Perturbation(video_self_attn_blocks=(28,))  # no STG on the frozen audio
+    v2a = plan_passes(GuidanceParams(), on, video_negative=False, audio_negative=True)
+    assert _names(v2a) == [COND, UNCOND, PERTURBED, ISOLATED]
+    assert v2a[2].perturbation == Perturbation(audio_self_attn_blocks=(28,))
+    # Audio only (T2A): no video, so no modality pass whatever its scale.
+    t2a = plan_passes(None, effective_params(on, other_modality_present=False), video_negative=False,
+                      audio_negative=True)  # fmt: skip
+    assert _names(t2a) == [COND, UNCOND, PERTURBED]
 
 
 class PassAwareStub(nn.Module):

@@ -118,6 +118,28 @@ def test_wav_round_trip(tmp_path, channels):
     assert error <= 1 / 32768 + 1e-9, error * 32768
 
 
+def test_write_audio_picks_wav_or_mp3_by_suffix(tmp_path):
+    from ltx2_tuner.sampling.media_writers import write_audio
+
+    rate, seconds = 24000, 0.5
+    t = torch.arange(int(rate * seconds)) / rate
+    waveform = 0.5 * torch.sin(2 * torch.pi * 880 * t).repeat(2, 1)
+    wav = write_audio(tmp_path / "a.WAV", waveform, rate)
+    with av.open(str(wav)) as container:
+        assert container.streams.audio[0].codec_context.name == "pcm_s16le"
+    mp3 = write_audio(tmp_path / "a.mp3", waveform, rate)
+    with av.open(str(mp3)) as container:
+        stream = container.streams.audio[0]
+        assert stream.codec_context.name.startswith("mp3") and stream.rate == rate and stream.channels == 2
+        decoded = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    assert waveform.shape[1] <= decoded.shape[1] <= waveform.shape[1] + 1152  # within one MP3 frame of padding
+    spectrum = np.abs(np.fft.rfft(decoded.mean(0)))
+    assert abs(np.fft.rfftfreq(decoded.shape[1], 1 / rate)[spectrum.argmax()] - 880) < 5  # the same tone
+    with pytest.raises(MediaError, match=r"a\.ogg: audio is written as \.wav or \.mp3"):
+        write_audio(tmp_path / "a.ogg", waveform, rate)
+    assert sorted(_leftovers(tmp_path)) == ["a.WAV", "a.mp3"]
+
+
 @pytest.mark.parametrize(
     ("frames", "words"),
     [

@@ -1,5 +1,6 @@
 """The sampler loop: exact integration of a known flow, batched == sequential passes on the real tiny transformer,
-STG / modality guidance effects, I2V first-frame conditioning, seeding, video-only builds, a model left as found."""
+STG / modality guidance effects, I2V first-frame conditioning, seeding, video-only builds, a model left as found;
+T2A on an audio-only build, and the frozen modality of A2V / V2A (clean, sigma 0, timestep 0, returned unchanged)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import torch
 from torch import nn
 
 from ltx2_tuner.errors import ConfigError
-from ltx2_tuner.models import audio_latent_count, context_dims, load_transformer, patchify_video
+from ltx2_tuner.models import (
+    audio_latent_count,
+    context_dims,
+    load_transformer,
+    patchify_audio,
+    patchify_video,
+)
 from ltx2_tuner.sampling import GuidanceParams, SampleRequest, ltx2_sigmas, sample
 from ltx2_tuner.testing.keyframe_probe import expected_addition, keyframe_probe
 
@@ -246,3 +253,137 @@ def test_every_guidance_pass_marks_the_first_latent_frame_for_the_ltx25_keyframe
     for rows in added:
         expected = expected_addition(first_frame.expand(rows.shape[0], -1), embedding)
         torch.testing.assert_close(rows, expected, rtol=0, atol=1e-6)
+
+
+# --- T2A, A2V, V2A -----------------------------------------------------------------------------------------------
+
+
+def _forward_inputs(model) -> tuple[list, torch.utils.hooks.RemovableHandle]:
+    """Every (video, audio) ModalityInput pair the model is called with."""
+    seen = []
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(args))
+    return seen, handle
+
+
+def _t2a_request(model, **changes) -> SampleRequest:
+    contexts = _contexts(model)
+    fields = dict(seed=3, steps=3, video_context=None, audio_context=contexts["audio_context"],
+                  audio_context_negative=contexts["audio_context_negative"], video_guidance=ALL_ON,
+                  audio_guidance=ALL_ON, audio_duration_s=0.9)  # fmt: skip
+    fields.update(changes)
+    return SampleRequest(**fields)
+
+
+def test_t2a_runs_on_an_audio_build_and_never_touches_a_video_module(tiny_checkpoints, av23):
+    audio_build = load_transformer(tiny_checkpoints["2.3"].path, mode="audio")
+    request = _t2a_request(audio_build)
+    seen, handle = _forward_inputs(audio_build)
+    try:
+        result = sample(audio_build, request, device=CPU, dtype=torch.float32, max_batch=1)
+    finally:
+        handle.remove()
+    assert result.video_latents is None
+    assert result.audio_latents.shape == (1, 8, round(0.9 * 25), 16)  # ltx-core AudioLatentShape.from_duration
+    assert bool(torch.isfinite(result.audio_latents).all())
+    # cond, negative prompt and STG per step; no modality pass without video (its scale is on but has no effect).
+    assert len(seen) == 3 * 3 and all(video is None for video, _ in seen)
+
+    # The full AV build, asked for audio only, runs no video module at all and gives the same audio.
+    called = []
+    video_modules = [module for name, module in av23.backbone.named_modules() if _is_video_module(name)]
+    handles = [module.register_forward_hook(lambda *_: called.append(1)) for module in video_modules]
+    try:
+        same = sample(av23, request, device=CPU, dtype=torch.float32, max_batch=1)
+    finally:
+        for hook in handles:
+            hook.remove()
+    assert video_modules and not called
+    torch.testing.assert_close(same.audio_latents, result.audio_latents, rtol=0, atol=1e-5)
+
+
+def _is_video_module(name: str) -> bool:
+    """Modules of the video stream and of the audio <-> video cross-attention (diffusers names)."""
+    top = ("proj_in", "time_embed", "proj_out", "norm_out", "rope", "cross_attn_rope", "caption_projection")
+    parts = name.split(".")
+    if parts[0] == "transformer_blocks" and len(parts) > 2:
+        return parts[2] in ("attn1", "attn2", "ff", "audio_to_video_attn", "video_to_audio_attn")
+    return parts[0] in top
+
+
+def test_frozen_audio_enters_every_pass_clean_and_comes_back_unchanged(av23):
+    frozen = torch.randn(1, 8, 11, 16, generator=torch.Generator().manual_seed(8))
+    request = _request(av23, steps=3, frozen_audio_latents=frozen)  # A2V, every guidance scale on
+    seen, handle = _forward_inputs(av23)
+    try:
+        result = sample(av23, request, device=CPU, dtype=torch.float32, max_batch=4)
+    finally:
+        handle.remove()
+
+    assert torch.equal(result.audio_latents, frozen)
+    assert result.video_latents.shape == (1, 128, 3, 2, 2)
+    positive = request.audio_context[0]
+    for video, audio in seen:
+        # cond, negative prompt, STG, modality: the audio's own scales add no pass, the video's modality term does
+        assert video.latent.shape[0] == audio.latent.shape[0] == 4
+        assert all(torch.equal(rows, patchify_audio(frozen)[0]) for rows in audio.latent)
+        assert bool((audio.timesteps == 0).all()) and bool((audio.sigma == 0).all())
+        assert all(torch.equal(rows, positive) for rows in audio.context)  # its positive prompt in every pass
+        assert bool((video.sigma > 0).all())
+    # The audio conditions the video, and modality guidance acts on it because audio exists.
+    t2av = sample(av23, _request(av23, steps=3), device=CPU, dtype=torch.float32)
+    no_modality = sample(av23, dataclasses.replace(request, video_guidance=dataclasses.replace(ALL_ON, modality=1.0)),
+                         device=CPU, dtype=torch.float32)  # fmt: skip
+    assert (result.video_latents - t2av.video_latents).abs().max() > 1e-3
+    assert (result.video_latents - no_modality.video_latents).abs().max() > 1e-3
+
+
+def test_frozen_video_enters_every_pass_clean_and_comes_back_unchanged(av23):
+    frozen = torch.randn(1, 128, 3, 2, 2, generator=torch.Generator().manual_seed(9))
+    request = _request(av23, steps=2, frozen_video_latents=frozen)  # V2A
+    seen, handle = _forward_inputs(av23)
+    try:
+        result = sample(av23, request, device=CPU, dtype=torch.float32, max_batch=1)
+    finally:
+        handle.remove()
+
+    assert torch.equal(result.video_latents, frozen)
+    assert result.audio_latents.shape == (1, 8, audio_latent_count(17, 24.0), 16)
+    assert len(seen) == 2 * 4  # cond, negative prompt, STG (audio), modality (audio) per step
+    for video, audio in seen:
+        assert torch.equal(video.latent[0], patchify_video(frozen)[0])
+        assert bool((video.timesteps == 0).all()) and bool((video.sigma == 0).all())
+        assert torch.equal(video.context[0], request.video_context[0])
+        assert bool((audio.sigma > 0).all())
+    # The noise draw skips frozen video: the audio starts from the seed's first draw.
+    first = seen[0][1].latent[0]
+    assert torch.equal(first, torch.randn(first.shape, generator=torch.Generator().manual_seed(request.seed)))
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"frozen_audio_latents": torch.zeros(1, 8, 4, 8)}, "frozen audio latents of shape"),
+        ({"frozen_video_latents": torch.zeros(1, 128, 2, 2, 2)}, "frozen video latents of shape"),
+        (
+            {"frozen_video_latents": torch.zeros(1, 128, 3, 2, 2), "frozen_audio_latents": torch.zeros(1, 8, 4, 16)},
+            "freeze at most one",
+        ),
+        (
+            {"frozen_video_latents": torch.zeros(1, 128, 3, 2, 2), "first_frame_latent": torch.zeros(128, 1, 2, 2)},
+            "first-frame image",
+        ),
+        ({"audio_duration_s": 2.0}, "beside video"),
+        ({"audio_context": None, "frozen_audio_latents": torch.zeros(1, 8, 4, 16)}, "need the audio text context"),
+    ],
+)
+def test_bad_mode_requests_name_the_problem(av23, changes, words):
+    with pytest.raises(ConfigError, match=words):
+        sample(av23, _request(av23, **changes), device=CPU, dtype=torch.float32)
+
+
+def test_audio_only_requests_need_a_length_and_an_audio_stream(tiny_checkpoints, av23):
+    with pytest.raises(ConfigError, match="audio_duration_s of at least"):
+        sample(av23, _t2a_request(av23, audio_duration_s=None), device=CPU, dtype=torch.float32)
+    audio_build = load_transformer(tiny_checkpoints["2.3"].path, mode="audio")
+    with pytest.raises(ConfigError, match="--ltx_mode audio"):
+        sample(audio_build, _request(audio_build), device=CPU, dtype=torch.float32)

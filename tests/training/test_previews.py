@@ -1,10 +1,12 @@
-"""Previews during training (--sample_prompts): files, audio, schedule, setup, and no effect on the trained LoRA.
+"""Previews during training (--sample_prompts): files, audio, schedule, setup, and no effect on the trained LoRA;
+the T2A (wav), A2V (--a) and V2A (--v) previews of the modality modes.
 
 Tiny LTX-2.3 checkpoint and tiny Gemma, fp32 on the CPU, 64x64 previews of 9 frames with 2 denoising steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +25,7 @@ from ltx2_tuner.cli.train_network import main
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import read_checkpoint_info
 from ltx2_tuner.models.model_files import model_files
+from ltx2_tuner.roles import roles_for
 from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
 from ltx2_tuner.training import trainer
 from ltx2_tuner.training.config import parse_args
@@ -130,7 +133,8 @@ def test_guidance_comes_from_the_prompt_and_the_version_defaults(data, tmp_path)
     lines = ("a fox --w 64 --h 64 --f 9 --g 4.5 --ga 6", "a cat --w 64 --h 64 --f 9 --s 7")
     prompts = [dataclasses.replace(cached, sample=parse_prompt_line(line, "p:1")) for line in lines]
     info = read_checkpoint_info(data["checkpoint"])
-    runner = PreviewRunner(_MainProcess(), info, "av", torch.float32, tmp_path, "x", prompts, [None, None], None, None)
+    runner = PreviewRunner(_MainProcess(), info, roles_for("av"), torch.float32, tmp_path, "x", prompts, [None, None],
+                           None, None)  # fmt: skip
     defaults = sampling_defaults("2.3")
     first, second = runner.request(0), runner.request(1)
     assert first.video_guidance.cfg == 4.5 and first.audio_guidance.cfg == 6.0
@@ -212,3 +216,121 @@ def test_preview_flags_fail_in_one_line_before_anything_loads(tmp_path, flags, l
     with pytest.raises(ConfigError) as caught:
         parse_args(["--dataset_config", "missing.toml", "--ltx2_checkpoint", "missing.safetensors", *flags])
     assert str(caught.value).startswith(line.format(**names)) and "\n" not in str(caught.value)
+
+
+# --- T2A, A2V and V2A previews (PreviewRunner on its own: the trainer passes args.ltx_mode and --frozen_modality) ---
+
+
+class _Accelerator(_MainProcess):
+    """What PreviewRunner.run asks of an Accelerator too."""
+
+    @staticmethod
+    def unwrap_model(model):
+        return model
+
+    @staticmethod
+    def autocast():
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def wait_for_everyone():
+        return None
+
+
+@pytest.fixture(scope="module")
+def mode_prompts(data, tmp_path_factory, tiny_gemma_dir) -> dict:
+    """A prompt file with an A2V, a V2A and a plain prompt, its AV sample-prompt cache (which serves every mode),
+    and the tone and clip its --a / --v name."""
+    from ltx2_tuner.cache.sample_prompts import cache_sample_prompts, read_sample_prompts
+    from ltx2_tuner.models.text_embeddings import encode_prompts, load_text_embedder
+    from ltx2_tuner.models.text_encoder import load_gemma
+    from ltx2_tuner.testing.synthetic_media import tone, write_audio, write_video
+
+    root = tmp_path_factory.mktemp("mode_previews")
+    write_audio(root / "tone.wav", tone(0.5, 44100, (660.0, 660.0)), 44100)
+    write_video(root / "clip.mp4", 12, 24, 64, 64)
+    prompts_file = root / "prompts.txt"
+    prompts_file.write_text(
+        "a dog barks --a tone.wav --w 64 --h 64 --f 9 --s 1\n"
+        "waves on rocks --v clip.mp4 --w 64 --h 64 --f 9 --s 1\n"
+        "rain on a roof --w 64 --h 64 --f 9 --s 1 --du 0.6\n",
+        encoding="utf-8",
+    )
+    info = read_checkpoint_info(data["checkpoint"])
+    embedder, gemma = load_text_embedder(info, "av", torch.float32), load_gemma(tiny_gemma_dir, torch.float32)
+    fingerprint = {"connectors": {"file": info.fingerprint, "version": info.version}, "mode": "av"}
+    cache_sample_prompts(sample_cache_path(prompts_file), read_sample_prompts(prompts_file),
+                         lambda texts: encode_prompts(gemma, embedder, texts), fingerprint)  # fmt: skip
+    return {"file": prompts_file, "root": root, "info": info}
+
+
+def _runner(mode_prompts, tmp_path, ltx_mode: str, frozen: str | None):
+    from types import SimpleNamespace
+
+    from ltx2_tuner.training.previews import PreviewRunner
+
+    args = SimpleNamespace(sample_prompts=mode_prompts["file"], ltx_mode=ltx_mode, frozen_modality=frozen,
+                           output_dir=tmp_path, output_name="lora", sample_steps=None)  # fmt: skip
+    return PreviewRunner.prepare(args, model_files(mode_prompts["info"]), _Accelerator(), torch.float32)
+
+
+@pytest.fixture
+def loaded(monkeypatch) -> list[tuple[str, str]]:
+    from ltx2_tuner import models
+
+    calls = []
+    for name in ("load_video_vae", "load_audio_vae", "load_vocoder"):
+        real = getattr(models, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, kwargs.get("part", "")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(models, name, spy)
+    return calls
+
+
+def test_t2a_previews_write_wavs_and_load_no_video_vae(mode_prompts, tmp_path, loaded):
+    from ltx2_tuner.models import load_transformer
+
+    runner = _runner(mode_prompts, tmp_path, "audio", None)
+    assert runner.request(2).video_context is None and runner.request(2).audio_duration_s == 0.6
+    assert runner.request(0).audio_duration_s == 9 / 24  # without --du: --f / --fs
+    model = load_transformer(mode_prompts["info"], mode="audio")
+    paths = runner.run(model, 5)
+    assert [p.name for p in paths] == [f"lora_step000005_{i:02d}.wav" for i in range(3)]
+    rate = 48000  # the LTX-2.3 vocoder
+    with av.open(str(paths[2])) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+        assert stream.rate == rate and stream.channels == 2 and stream.codec_context.name == "pcm_s16le"
+    assert samples == (4 * round(0.6 * 25) - 3) * rate // 100  # latents of 4 mel frames of 10 ms, less 3
+    assert not any(name == "load_video_vae" for name, _ in loaded)
+
+
+def test_a2v_and_v2a_previews_use_the_prompts_media_and_sample_the_others_jointly(mode_prompts, tmp_path, capsys):
+    from ltx2_tuner.models import load_transformer
+    from ltx2_tuner.sampling.conditions import read_frames
+
+    model = load_transformer(mode_prompts["info"], mode="av")
+    a2v = _runner(mode_prompts, tmp_path / "a2v", "av", "audio")
+    assert capsys.readouterr().out.count("sampled as joint audio and video (T2AV)") == 1  # said once, for 1 and 2
+    request = a2v.request(0)
+    assert request.frozen_audio_latents.shape[:2] == (1, 8) and request.frozen_video_latents is None
+    assert a2v.request(1).frozen_video_latents is None and a2v.request(1).audio_context is not None  # joint T2AV
+    first = a2v.run(model, 1)[0]
+    with av.open(str(first)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+        container.seek(0)
+        audio = np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+    spectrum = np.abs(np.fft.rfft(audio.mean(0)))
+    assert frames == 9 and abs(np.fft.rfftfreq(audio.shape[1], 1 / 48000)[spectrum.argmax()] - 660) < 10  # the tone
+
+    v2a = _runner(mode_prompts, tmp_path / "v2a", "av", "video")
+    assert v2a.request(1).frozen_video_latents.shape == (1, 128, 2, 2, 2)
+    second = v2a.run(model, 1)[1]
+    with av.open(str(second)) as container:
+        written = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        assert container.streams.audio[0].rate == 48000
+    source = read_frames(mode_prompts["root"] / "clip.mp4", 64, 64, 9, 24.0)
+    assert np.abs(written.astype(float) - source.astype(float)).mean() < 4.0  # the clip's frames, H.264 CRF 18

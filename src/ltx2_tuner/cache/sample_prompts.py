@@ -4,7 +4,7 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
 
     line    := prompt { option }                 blank lines and lines starting with "#" are skipped
     option  := "--" name value                   an option starts at whitespace + "--" + a letter
-    name    := w | h | f | fs | fps | d | s | g | ga | i | n
+    name    := w | h | f | fs | fps | d | s | g | ga | i | a | v | du | n
 
     --w INT    width in pixels, multiple of 32              (default 768)
     --h INT    height in pixels, multiple of 32             (default 512)
@@ -15,18 +15,24 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
     --g NUM    video classifier-free guidance scale         (default: the model's, 3.0)
     --ga NUM   audio classifier-free guidance scale (AV)    (default: the model's, 7.0)
     --i PATH   first-frame image (image-to-video), relative to the prompt file's folder
+    --a PATH   audio to make video for (A2V previews, --frozen_modality audio): its first f / fs seconds
+    --v PATH   video to make sound for (V2A previews, --frozen_modality video): f frames at fs, resized to w x h
+    --du NUM   length in seconds of audio-only previews (--ltx_mode audio) (default: f / fs)
     --n TEXT   negative prompt: the text up to the next option (default: DEFAULT_NEGATIVE_PROMPT, the official one)
 
     # a comment
     a red fox runs through snow, tracking shot --w 768 --h 512 --f 49 --d 7 --n blurry, static --g 4
 
 Unset steps and guidance scales are None here; the preview fills in the model version's official defaults
-(sampling.defaults), so one prompt file serves both model families.
+(sampling.defaults), so one prompt file serves both model families. --a and --v paths are relative to the prompt
+file's folder like --i; a prompt takes at most one of --i, --a and --v, and --du only without --a / --v. Options of
+another mode are not errors: the previews of a video-only run ignore --a, an audio-only run ignores --w/--h/--i.
 
 The cache, `{prompt file stem}_ltx2_sample_te.safetensors` beside the prompt file, holds per prompt i
-`video_prompt_embeds_{i}` [1024, Dv], `audio_prompt_embeds_{i}` (AV), `prompt_attention_mask_{i}` [1024] and the same
-with a `negative_` prefix, plus metadata: the parsed prompts (JSON) and a fingerprint. The trainer's previews read it
-with `load_sample_prompt_cache` and never load Gemma while it matches the prompt file.
+`video_prompt_embeds_{i}` [1024, Dv] (video and AV modes), `audio_prompt_embeds_{i}` (AV and audio modes),
+`prompt_attention_mask_{i}` [1024] and the same with a `negative_` prefix, plus metadata: the parsed prompts (JSON)
+and a fingerprint. The trainer's previews read it with `load_sample_prompt_cache` and never load Gemma while it matches
+the prompt file; an AV cache serves every mode (`cache_serves`).
 """
 
 from __future__ import annotations
@@ -81,6 +87,14 @@ class SamplePrompt:
     guidance_scale: float | None = None  # video CFG
     audio_guidance_scale: float | None = None  # audio CFG (AV)
     image: str | None = None  # first-frame image (I2V), resolved against the prompt file's folder
+    audio: str | None = None  # A2V: the audio the video is made for (resolved like image)
+    video: str | None = None  # V2A: the video the sound is made for (resolved like image)
+    duration_s: float | None = None  # T2A: seconds of audio; None = num_frames / frame_rate
+
+    @property
+    def audio_seconds(self) -> float:
+        """The length of an audio-only preview."""
+        return self.duration_s if self.duration_s is not None else self.num_frames / self.frame_rate
 
 
 # option name -> (field, parser); --fps is an alias of --fs
@@ -95,14 +109,21 @@ _OPTIONS = {
     "g": ("guidance_scale", float),
     "ga": ("audio_guidance_scale", float),
     "i": ("image", str),
+    "a": ("audio", str),
+    "v": ("video", str),
+    "du": ("duration_s", float),
     "n": ("negative_prompt", str),
 }
+_MEDIA_OPTIONS = {"image": ("i", "image"), "audio": ("a", "audio file"), "video": ("v", "video file")}
+# Which stored text-cache mode serves a mode: AV embeddings hold both contexts.
+_SERVES = {"video": ("video", "av"), "av": ("av",), "audio": ("audio", "av")}
 
 
 def parse_prompt_line(line: str, where: str, folder: Path | None = None) -> SamplePrompt:
     """Parse one non-comment line; DatasetError naming `where` (file:line) for anything invalid.
 
-    folder: where a relative `--i` image path starts (the prompt file's folder; default the working directory).
+    folder: where a relative `--i` / `--a` / `--v` path starts (the prompt file's folder; default the working
+    directory).
     """
     prompt, *segments = _OPTION_START.split(line.strip())
     prompt = prompt.strip()
@@ -126,22 +147,24 @@ def parse_prompt_line(line: str, where: str, folder: Path | None = None) -> Samp
             kind = "an integer" if parse is int else "a number"
             raise DatasetError(f"{where}: --{name} needs {kind}, not {value!r}") from None
         given[field_name] = name
-    if "image" in values:
-        values["image"] = _image_path(str(values["image"]), where, folder)
+    for field_name in _MEDIA_OPTIONS:
+        if field_name in values:
+            values[field_name] = _media_path(field_name, str(values[field_name]), where, folder)
     sample = SamplePrompt(prompt=prompt, **values)
     _check(sample, where)
     return sample
 
 
-def _image_path(value: str, where: str, folder: Path | None) -> str:
+def _media_path(field_name: str, value: str, where: str, folder: Path | None) -> str:
+    option, what = _MEDIA_OPTIONS[field_name]
     if not value:
-        raise DatasetError(f"{where}: --i needs an image path (relative to the prompt file's folder)")
+        raise DatasetError(f"{where}: --{option} needs a path to the {what} (relative to the prompt file's folder)")
     path = Path(value).expanduser()
     if not path.is_absolute() and folder is not None:
         path = folder / path
     if not path.is_file():
         raise DatasetError(
-            f"{where}: --i {value}: image not found at {path}; fix the path (relative to the prompt file)"
+            f"{where}: --{option} {value}: {what} not found at {path}; fix the path (relative to the prompt file)"
         )
     return str(path)
 
@@ -158,6 +181,19 @@ def _check(sample: SamplePrompt, where: str) -> None:
     for name, scale in (("g", sample.guidance_scale), ("ga", sample.audio_guidance_scale)):
         if scale is not None and not scale >= 0:  # `not >=` also refuses nan
             raise DatasetError(f"{where}: --{name} {scale} must not be negative")
+    given = [f"--{option}" for name, (option, _) in _MEDIA_OPTIONS.items() if getattr(sample, name) is not None]
+    if len(given) > 1:
+        raise DatasetError(
+            f"{where}: {' and '.join(given)} together; a prompt conditions on one of them (--i: image-to-video, "
+            "--a: audio-to-video, --v: video-to-audio)"
+        )
+    if sample.duration_s is not None:
+        if not sample.duration_s * 25 >= 1:  # 25 audio latents per second; `not >=` also refuses nan
+            raise DatasetError(f"{where}: --du {sample.duration_s} must be at least 0.04 seconds")
+        if sample.audio is not None or sample.video is not None:
+            raise DatasetError(
+                f"{where}: --du sets the length of audio-only previews; with --a / --v the length is --f / --fs"
+            )
 
 
 def read_sample_prompts(path: str | Path) -> list[SamplePrompt]:
@@ -191,17 +227,19 @@ def _prompts_json(prompts: list[SamplePrompt]) -> str:
 def write_sample_prompt_cache(
     path: Path,
     prompts: list[SamplePrompt],
-    embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]],
+    embeddings: dict[str, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]],
     fingerprint: dict,
 ) -> None:
-    """Write the cache. embeddings: text -> (video [T, Dv], audio [T, Da] or None, mask [T]) for every prompt and
-    negative prompt; fingerprint: the text cache stamp's fields (connectors, Gemma, mode, dtype)."""
+    """Write the cache. embeddings: text -> (video [T, Dv] or None (audio mode), audio [T, Da] or None (video mode),
+    mask [T]) for every prompt and negative prompt; fingerprint: the text cache stamp's fields (connectors, Gemma,
+    mode, dtype)."""
     tensors: dict[str, torch.Tensor] = {}
     for index, sample in enumerate(prompts):
         for prefix, text in (("", sample.prompt), ("negative_", sample.negative_prompt)):
             video, audio, mask = embeddings[text]
             # Clones: prompts may share a negative prompt, and safetensors refuses shared memory.
-            tensors[f"{prefix}video_prompt_embeds_{index}"] = video.clone()
+            if video is not None:
+                tensors[f"{prefix}video_prompt_embeds_{index}"] = video.clone()
             if audio is not None:
                 tensors[f"{prefix}audio_prompt_embeds_{index}"] = audio.clone()
             tensors[f"{prefix}prompt_attention_mask_{index}"] = mask.to(torch.int64).clone()
@@ -215,13 +253,14 @@ def sample_cache_is_current(path: Path, prompts: list[SamplePrompt], fingerprint
 
 @dataclass(frozen=True)
 class SamplePromptEmbeds:
-    """A parsed prompt with its cached text context (shapes [1024, D]; audio None in video mode)."""
+    """A parsed prompt with its cached text context (shapes [1024, D]; audio None in video mode, video None in
+    audio mode)."""
 
     sample: SamplePrompt
-    video: torch.Tensor
+    video: torch.Tensor | None
     audio: torch.Tensor | None
     mask: torch.Tensor
-    negative_video: torch.Tensor
+    negative_video: torch.Tensor | None
     negative_audio: torch.Tensor | None
     negative_mask: torch.Tensor
 
@@ -231,19 +270,23 @@ def load_sample_prompt_cache(
 ) -> list[SamplePromptEmbeds]:
     """The cached embeddings of `prompts_file`'s prompts, after checking the cache was made from that file.
 
-    `mode` ("av" needs audio embeddings) and `version` (the model family of the connectors) are checked when given.
-    CacheError naming the command to run when the cache is missing, stale or does not fit.
+    `mode` (the embeddings a "video", "av" or "audio" run needs, `cache_serves`) and `version` (the model family of
+    the connectors) are checked when given. CacheError naming the command to run when the cache is missing, stale
+    or does not fit.
     """
     path, prompts_file = Path(path), Path(prompts_file)
     prompts = read_sample_prompts(prompts_file)
-    rerun = f"run `{_COMMAND} ... --sample_prompts {prompts_file}`" + (" with --ltx_mode av" if mode == "av" else "")
+    rerun = f"run `{_COMMAND} ... --sample_prompts {prompts_file}`" + (f" with --ltx_mode {mode}" if mode else "")
     stored = read_fingerprint(path)
     if stored is None:
         raise CacheError(f"{path}: no sample prompt embeddings for {prompts_file}; {rerun}")
     if stored.get("prompts_sha256") != prompts_digest(prompts):
         raise CacheError(f"{path}: stale, {prompts_file} changed since its prompts were encoded; {rerun}")
-    if mode == "av" and stored.get("mode") != "av":
-        raise CacheError(f"{path}: was encoded for video only, but AV previews need audio embeddings; {rerun}")
+    if mode is not None and not cache_serves(stored.get("mode"), mode):
+        raise CacheError(
+            f"{path}: was encoded in {stored.get('mode')} mode; {mode}-mode previews need "
+            f"{' and '.join(_needed(mode))} embeddings; {rerun}"
+        )
     cached_version = (stored.get("connectors") or {}).get("version")
     if version is not None and cached_version != version:
         raise CacheError(f"{path}: was encoded with LTX-{cached_version} connectors, not LTX-{version}; {rerun}")
@@ -255,13 +298,22 @@ def load_sample_prompt_cache(
     return [_embeds(sample, index, tensors) for index, sample in enumerate(prompts)]
 
 
+def cache_serves(stored_mode: str | None, mode: str) -> bool:
+    """Whether a text cache encoded in `stored_mode` holds the embeddings `mode` ("video", "av", "audio") needs."""
+    return stored_mode in _SERVES[mode]
+
+
+def _needed(mode: str) -> tuple[str, ...]:
+    return ("video", "audio") if mode == "av" else (mode,)
+
+
 def _embeds(sample: SamplePrompt, index: int, tensors: dict[str, torch.Tensor]) -> SamplePromptEmbeds:
     return SamplePromptEmbeds(
         sample=sample,
-        video=tensors[f"video_prompt_embeds_{index}"],
+        video=tensors.get(f"video_prompt_embeds_{index}"),
         audio=tensors.get(f"audio_prompt_embeds_{index}"),
         mask=tensors[f"prompt_attention_mask_{index}"],
-        negative_video=tensors[f"negative_video_prompt_embeds_{index}"],
+        negative_video=tensors.get(f"negative_video_prompt_embeds_{index}"),
         negative_audio=tensors.get(f"negative_audio_prompt_embeds_{index}"),
         negative_mask=tensors[f"negative_prompt_attention_mask_{index}"],
     )
@@ -271,14 +323,18 @@ def encode_sample_prompts(
     prompts: list[SamplePrompt], encode, batch_size: int = 1
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]:
     """Each distinct prompt and negative prompt encoded once with `encode` (a `text_cacher.PromptEncoder`):
-    text -> (video [T, Dv], audio [T, Da] or None, mask [T])."""
+    text -> (video [T, Dv] or None, audio [T, Da] or None, mask [T])."""
     texts = list(dict.fromkeys(text for p in prompts for text in (p.prompt, p.negative_prompt)))
     embeddings = {}
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
         video, audio, mask = encode(batch)
         for index, text in enumerate(batch):
-            embeddings[text] = (video[index], None if audio is None else audio[index], mask[index])
+            embeddings[text] = (
+                None if video is None else video[index],
+                None if audio is None else audio[index],
+                mask[index],
+            )
     return embeddings
 
 

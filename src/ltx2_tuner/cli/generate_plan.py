@@ -1,5 +1,10 @@
 """The flags of `ltx2_generate_video.py` -> a checked plan (what to generate, with which LoRAs), before any weights
-load. Every problem found is reported at once, one line each; the generate command then only runs models."""
+load. Every problem found is reported at once, one line each; the generate command then only runs models.
+
+Each job has modality roles (roles.py): --ltx_mode video is T2V, audio T2A (--duration seconds), av T2AV, or A2V with
+--audio FILE (the video is made for that sound), or V2A with --video FILE (the sound is made for those frames).
+Flags that mean nothing in a job's mode are refused, one line each, rather than ignored.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ltx2_tuner.cli import generate_modes
 from ltx2_tuner.errors import CacheError, ConfigError, Ltx2TunerError
+from ltx2_tuner.roles import ModalityRoles, roles_by_name, roles_for
 
-DEFAULTS = {"width": 768, "height": 512, "frames": 121, "fps": 24.0, "seed": 42}
+DEFAULTS = {"width": 768, "height": 512, "frames": 121, "fps": 24.0, "seed": 42, "duration": 5.0}
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,19 @@ class Job:
     audio_cfg: float | None
     image: Path | None
     output: Path
+    audio: Path | None = None  # A2V: the audio the video is made for
+    video: Path | None = None  # V2A: the video the sound is made for
+    duration_s: float | None = None  # T2A: seconds of audio
 
-    def has_audio(self, mode: str) -> bool:
-        """Audio is generated in AV mode, except for a still image (a png has no sound)."""
-        return mode == "av" and self.frames > 1
+    def roles(self, mode: str) -> ModalityRoles:
+        """What this job does with video and audio in `--ltx_mode mode`. A still image (a png) has no sound."""
+        if mode == "av" and self.audio is not None:
+            return roles_by_name("a2v")
+        if mode == "av" and self.video is not None:
+            return roles_by_name("v2a")
+        if mode == "av" and self.frames == 1:
+            return roles_by_name("t2v")
+        return roles_for(mode)
 
 
 @dataclass(frozen=True)
@@ -76,22 +92,28 @@ def plan(args) -> Plan:
         text_encoder = files.text_encoder(required=False)  # a split pack's own; else the source check says
     source_problems = _prompt_source_problems(args, text_encoder)
     problems += source_problems
+    mode_problems = generate_modes.flag_problems(args)
+    problems += mode_problems
+    media = check(lambda: generate_modes.media_defaults(args, DEFAULTS["fps"])) if not mode_problems else None
     cached = check(lambda: _read_prompt_cache(args, info)) if args.prompt_cache and not source_problems else None
-    jobs = _jobs(args, cached)
+    jobs = _jobs(args, cached, media or {})
     for job in jobs:
         problems += _job_problems(job, args.ltx_mode)
     problems += _guidance_problems(args, info)
     loras = [lora for text in args.lora_weight if (lora := _lora_weight(text, problems)) is not None]
     gemma = connectors = None
     if info is not None:
-        audio = with_audio(args.ltx_mode, jobs)
-        check(lambda: files.video_vae().require("video_vae"))
-        if audio:
+        roles = [job.roles(args.ltx_mode) for job in jobs]
+        if any(r.present("video") for r in roles):
+            check(lambda: files.video_vae().require("video_vae"))
+        if any(r.generated("audio") for r in roles):
             check(lambda: [files.audio_vae().require(c) for c in ("audio_vae", "vocoder")])
+        elif any(r.frozen("audio") for r in roles):
+            check(lambda: files.audio_vae().require("audio_vae"))
         if text_encoder and not args.prompt_cache:
             connectors = check(files.connectors)
             if connectors is not None:
-                mode = "av" if audio else "video"
+                mode = text_mode(args.ltx_mode, jobs)
                 gemma = check(lambda: check_text_encoder(connectors, info, text_encoder, mode))
         if loras:
             check(lambda: _check_loras_fit(info, args.ltx_mode, loras))
@@ -142,8 +164,10 @@ def _prompt_source_problems(args, text_encoder) -> list[str]:
     return problems
 
 
-def _jobs(args, cached: list | None) -> list[Job]:
-    """One job for --prompt, or one per cached prompt (--prompt_index: that one); flags win over a prompt's options."""
+def _jobs(args, cached: list | None, media: dict) -> list[Job]:
+    """One job for --prompt, or one per cached prompt (--prompt_index: that one); flags win over a prompt's options,
+    and an --audio / --video file's defaults (`media`) over the built-in ones. A cached prompt's own --a / --v
+    (A2V / V2A) applies in AV mode, its --du in audio mode."""
     from ltx2_tuner.sampling import OFFICIAL_NEGATIVE_PROMPT
 
     def pick(flag, own):
@@ -156,11 +180,14 @@ def _jobs(args, cached: list | None) -> list[Job]:
         if args.prompt_index is not None:
             entries = entries[args.prompt_index : args.prompt_index + 1] if args.prompt_index >= 0 else []
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    audio_only, av = args.ltx_mode == "audio", args.ltx_mode == "av"
     jobs = []
     for index, embeds in entries:
         own = embeds.sample if embeds is not None else None
-        frames = pick(args.frames, own.num_frames if own else DEFAULTS["frames"])
-        output = args.output or Path("outputs") / f"ltx2_{stamp}.mp4"
+        condition = args.audio or args.video
+        frames = pick(args.frames, media.get("frames") or (own.num_frames if own else DEFAULTS["frames"]))
+        suffix = ".wav" if audio_only else ".mp4"
+        output = args.output or Path("outputs") / f"ltx2_{stamp}{suffix}"
         if index is not None and args.prompt_index is None and len(entries) > 1:
             output = output.with_name(f"{output.stem}_{index:02d}{output.suffix}")
         jobs.append(
@@ -171,22 +198,37 @@ def _jobs(args, cached: list | None) -> list[Job]:
                 width=pick(args.width, own.width if own else DEFAULTS["width"]),
                 height=pick(args.height, own.height if own else DEFAULTS["height"]),
                 frames=frames,
-                fps=pick(args.fps, own.frame_rate if own else DEFAULTS["fps"]),
+                fps=pick(args.fps, media.get("fps") or (own.frame_rate if own else DEFAULTS["fps"])),
                 seed=pick(args.seed, own.seed if own else DEFAULTS["seed"]),
                 steps=pick(args.steps, own.steps if own else None),
                 cfg=pick(args.cfg_scale, own.guidance_scale if own else None),
                 audio_cfg=pick(args.audio_cfg_scale, own.audio_guidance_scale if own else None),
                 image=pick(args.image, Path(own.image) if own and own.image else None),
-                output=output.with_suffix(".png") if frames == 1 and not args.output else output,
+                output=output.with_suffix(".png") if frames == 1 and not args.output and not audio_only else output,
+                audio=pick(args.audio, _own_path(own, "audio") if av and not condition else None),
+                video=pick(args.video, _own_path(own, "video") if av and not condition else None),
+                duration_s=pick(args.duration, own.audio_seconds if own else DEFAULTS["duration"])
+                if audio_only
+                else None,
             )
         )
     return jobs
+
+
+def _own_path(own, name: str) -> Path | None:
+    value = getattr(own, name) if own is not None else None
+    return Path(value) if value else None
 
 
 def _job_problems(job: Job, mode: str) -> list[str]:
     from ltx2_tuner.data.images import image_size
     from ltx2_tuner.models import audio_latent_count
 
+    roles = job.roles(mode)
+    if roles.name == "t2a":  # only the length and the file type matter
+        if job.output.suffix.lower() not in (".wav", ".mp3"):
+            return [f"--output {job.output}: audio-only output is a .wav (16-bit) or .mp3; name the file so"]
+        return []
     problems = []
     for flag, value in (("width", job.width), ("height", job.height)):
         if value < 32 or value % 32:
@@ -198,7 +240,7 @@ def _job_problems(job: Job, mode: str) -> list[str]:
         problems.append(f"--frames {job.frames}: must be 8k+1 (1, 9, 17, ..., 121); e.g. {nearest}")
     elif not job.fps > 0:
         problems.append(f"--fps {job.fps}: must be positive")
-    elif mode == "av" and job.frames > 1 and audio_latent_count(job.frames, job.fps) < 1:
+    elif roles.generated("audio") and audio_latent_count(job.frames, job.fps) < 1:
         problems.append(
             f"--frames {job.frames} at --fps {job.fps}: too short for audio; more frames or --ltx_mode video"
         )
@@ -212,6 +254,10 @@ def _job_problems(job: Job, mode: str) -> list[str]:
                 image_size(job.image)
             except Ltx2TunerError as error:
                 problems.append(f"--image {error}")
+    if job.frames == 1 and (job.audio or job.video):
+        problems.append(
+            "--frames 1: a still image has no sound; audio-to-video and video-to-audio need 9 frames or more"
+        )
     if job.frames > 1 and job.output.suffix.lower() != ".mp4":
         problems.append(f"--output {job.output}: {job.frames} frames are written as an mp4; name the file .mp4")
     return problems
@@ -254,9 +300,11 @@ def _lora_weight(text: str, problems: list[str]) -> LoraWeight | None:
     return None
 
 
-def with_audio(mode: str, jobs: list[Job]) -> bool:
-    """Whether any output has sound (the audio VAE, vocoder and audio embeddings are needed)."""
-    return any(job.has_audio(mode) for job in jobs)
+def text_mode(mode: str, jobs: list[Job]) -> str:
+    """The text embeddings the jobs need: "av" when some job has both modalities, else its one modality."""
+    if any(job.roles(mode).both_present for job in jobs):
+        return "av"
+    return "audio" if mode == "audio" else "video"
 
 
 def _check_loras_fit(info, mode: str, loras: list[LoraWeight]) -> None:
@@ -299,16 +347,17 @@ def _read_prompt_cache(args, info) -> list:
         raise ConfigError(
             f"--prompt_index {args.prompt_index}: {path} holds {len(prompts)} prompt(s), 0..{len(prompts) - 1}"
         )
-    if args.ltx_mode == "av" and fingerprint.get("mode") != "av":
+    if not samples.cache_serves(fingerprint.get("mode"), args.ltx_mode):
         raise CacheError(
-            f"--prompt_cache {path}: has no audio embeddings (video mode); --ltx_mode video, or {rerun} --ltx_mode av"
+            f"--prompt_cache {path}: encoded in {fingerprint.get('mode')} mode, which lacks embeddings --ltx_mode "
+            f"{args.ltx_mode} needs; {rerun} --ltx_mode {args.ltx_mode}"
         )
     embeddings = {}
     for index, sample in enumerate(prompts):
         for prefix, text in (("", sample.prompt), ("negative_", sample.negative_prompt)):
             audio = tensors.get(f"{prefix}audio_prompt_embeds_{index}")
             embeddings[text] = (
-                tensors[f"{prefix}video_prompt_embeds_{index}"],
+                tensors.get(f"{prefix}video_prompt_embeds_{index}"),
                 audio,
                 tensors[f"{prefix}prompt_attention_mask_{index}"],
             )

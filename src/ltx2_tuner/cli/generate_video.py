@@ -1,12 +1,15 @@
-"""Generate a video (with audio), an image, or an image-to-video clip, with LoRAs: `ltx2_generate_video.py`.
+"""Generate a video (with audio), an image, an image-to-video clip, sound alone (T2A), a video for a sound (A2V) or
+a sound for a video (V2A), with LoRAs: `ltx2_generate_video.py`.
 
     python ltx2_generate_video.py --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
         --prompt "a red fox runs through snow" [--lora_weight my_lora.safetensors:0.8] [--image first.png]
+        [--ltx_mode audio --duration 5 | --audio voice.wav | --video clip.mp4]
 
 Every flag is checked, and every problem reported, before any weights load. Then, one model at a time on the device:
-Gemma + text connectors encode the prompt and the negative prompt (or a sample-prompt cache replaces them), the
-video VAE encoder encodes the --image, the transformer (LoRAs merged) samples, the decoders decode. Each is freed
-before the next loads, so the peak is the transformer alone. docs/generation.md has the details.
+Gemma + text connectors encode the prompt and the negative prompt (or a sample-prompt cache replaces them), the VAE
+encoders encode the --image / --audio / --video condition, the transformer (LoRAs merged) samples, the decoders that
+the output needs decode. Each is freed before the next loads, so the peak is the transformer alone.
+docs/generation.md has the details.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ltx2_tuner.cli._common import resolve_device, run
-from ltx2_tuner.cli.generate_plan import DEFAULTS, Job, LoraWeight, Plan, guidance, plan, with_audio
+from ltx2_tuner.cli.generate_plan import DEFAULTS, Job, LoraWeight, Plan, guidance, plan, text_mode
 from ltx2_tuner.dtypes import COMPUTE_DTYPES
 from ltx2_tuner.flags import AUDIO_VAE, LTX2_CHECKPOINT, LTX_MODE, TEXT_ENCODER, VIDEO_VAE, add_flag, with_help
 from ltx2_tuner.models.attention_backends import ATTENTION_BACKENDS, check_backend
@@ -54,7 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         size.add_argument(f"--{name}", type=kind, help=f"{what} (default: {DEFAULTS[name]})")
     size.add_argument("--image", type=Path, help="first frame (image-to-video), cover-resized and centre-cropped")
-    size.add_argument("--output", type=Path, help="mp4 (or png) to write (default: outputs/ltx2_<time>.mp4)")
+    size.add_argument(
+        "--audio",
+        type=Path,
+        help="audio-to-video (--ltx_mode av): make the video for this sound, muxed into the mp4 (default --frames: "
+        "the largest 8k+1 it covers, at most 257)",
+    )
+    size.add_argument(
+        "--video",
+        type=Path,
+        help="video-to-audio (--ltx_mode av): make the sound for this clip's frames, read at --width/--height "
+        "(default --fps: the clip's; --frames: the largest 8k+1 it holds, at most 257)",
+    )
+    size.add_argument(
+        "--duration", type=float, help=f"seconds of sound with --ltx_mode audio (default: {DEFAULTS['duration']})"
+    )
+    size.add_argument(
+        "--output",
+        type=Path,
+        help="mp4 (or png; .wav or .mp3 with --ltx_mode audio) to write (default: outputs/ltx2_<time>.mp4 or .wav)",
+    )
     size.add_argument("--vae_tiling", action="store_true", help="decode in overlapping tiles (less memory)")
     sampling = parser.add_argument_group("sampling (defaults: the official ones of the checkpoint's version)")
     sampling.add_argument("--steps", type=int, help="denoising steps (default: 40 on LTX-2.0, 30 on LTX-2.3 and 2.5)")
@@ -71,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stg_blocks", type=int, nargs="+", help="blocks whose self-attention STG skips (default: 29 / 28)"
     )
     model = parser.add_argument_group("model")
-    add_flag(model, dataclasses.replace(with_help(LTX_MODE, " (video = T2V with a video-only build)"), default="av"))
+    add_flag(
+        model,
+        dataclasses.replace(
+            with_help(LTX_MODE, " (video: T2V with a video-only build; audio: T2A with an audio-only build)"),
+            default="av",
+        ),
+    )
     model.add_argument(
         "--lora_weight",
         action="append",
@@ -105,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     info, jobs = checked.info, checked.jobs
     print(f"{info.path.name}: LTX-{info.version}, --ltx_mode {args.ltx_mode}, {precision} on {device}", flush=True)
     contexts = _contexts(checked, args.ltx_mode, dtype, precision, device)
-    first_frames = _first_frames(jobs, checked.files.video_vae(), device)
-    requests = [_request(job, contexts[i], first_frames[i], args, info.version, dtype) for i, job in enumerate(jobs)]
+    conditions = _conditions(jobs, checked.files, device)
+    requests = [_request(job, contexts[i], conditions[i], args, info.version, dtype) for i, job in enumerate(jobs)]
 
     from ltx2_tuner.models import load_transformer
     from ltx2_tuner.sampling import sample
@@ -117,18 +145,25 @@ def main(argv: list[str] | None = None) -> int:
     _merge_loras(model, checked.loras, info.version)
     results = []
     for job, request in zip(jobs, requests, strict=True):
-        print(f"sampling {job.width}x{job.height}x{job.frames}, {request.steps} steps: {job.prompt[:60]!r}", flush=True)
+        print(f"sampling {_describe(job, args.ltx_mode)}, {request.steps} steps: {job.prompt[:60]!r}", flush=True)
         results.append(sample(model, request, device=device, dtype=dtype, progress=True))
     del model  # the decoders get the device to themselves
     _release_memory()
-    _decode_and_write(jobs, results, checked.files, device, dtype, args.vae_tiling)
+    _decode_and_write(jobs, results, conditions, checked.files, device, dtype, args)
     return 0
+
+
+def _describe(job: Job, mode: str) -> str:
+    roles = job.roles(mode)
+    if roles.name == "t2a":
+        return f"{job.duration_s:g} s of sound"
+    return f"{roles.name.upper()} {job.width}x{job.height}x{job.frames}"
 
 
 # ---------------------------------------------------------------- the models, one at a time
 def _contexts(checked: Plan, mode: str, dtype, precision: str, device) -> list[dict]:
-    """Per job {"video", "video_negative", "audio", "audio_negative"}: [1, T, D] on the CPU, audio None without
-    sound. Gemma and the connectors are freed before this returns."""
+    """Per job {"video", "video_negative", "audio", "audio_negative"}: [1, T, D] on the CPU, None for a modality
+    the job does not have. Gemma and the connectors are freed before this returns."""
     jobs, gemma = checked.jobs, checked.gemma
     if gemma is None:
         return [_cached_contexts(job, mode) for job in jobs]
@@ -137,17 +172,18 @@ def _contexts(checked: Plan, mode: str, dtype, precision: str, device) -> list[d
     from ltx2_tuner.models.text_encoder import load_gemma
 
     print(f"encoding the prompts with {gemma.root}", flush=True)
-    embedder = load_text_embedder(checked.connectors, "av" if with_audio(mode, jobs) else "video", dtype, device)
+    embedder = load_text_embedder(checked.connectors, text_mode(mode, jobs), dtype, device)
     # Gemma in its own bf16 (as the text cacher runs it), float32 with --mixed_precision no (CPU speed).
     encoder = load_gemma(gemma, torch.float32 if precision == "no" else torch.bfloat16, device)
     try:
         contexts = []
         for job in jobs:
-            found = {}
+            roles, found = job.roles(mode), {}
             for key, text in (("", job.prompt), ("_negative", job.negative_prompt)):
                 video, audio, _ = encode_prompts(encoder, embedder, [text])  # one at a time, as the caches
                 check_finite(video, audio, dtype)
-                found["video" + key], found["audio" + key] = video, audio if job.has_audio(mode) else None
+                found["video" + key] = video if roles.present("video") else None
+                found["audio" + key] = audio if roles.present("audio") else None
             contexts.append(found)
     finally:
         encoder.unload()
@@ -157,34 +193,39 @@ def _contexts(checked: Plan, mode: str, dtype, precision: str, device) -> list[d
 
 
 def _cached_contexts(job: Job, mode: str) -> dict:
-    embeds, audio = job.cached, job.has_audio(mode)
+    embeds, roles = job.cached, job.roles(mode)
+
+    def present(modality: str, tensor):
+        return tensor[None] if roles.present(modality) else None
+
     return {
-        "video": embeds.video[None],
-        "video_negative": embeds.negative_video[None],
-        "audio": embeds.audio[None] if audio else None,
-        "audio_negative": embeds.negative_audio[None] if audio else None,
+        "video": present("video", embeds.video),
+        "video_negative": present("video", embeds.negative_video),
+        "audio": present("audio", embeds.audio),
+        "audio_negative": present("audio", embeds.negative_audio),
     }
 
 
-def _first_frames(jobs: list[Job], info, device) -> list[torch.Tensor | None]:
-    """Each job's --image fitted to its size and encoded like a dataset image: [128, 1, H/32, W/32] or None."""
-    if not any(job.image for job in jobs):
+def _conditions(jobs: list[Job], files, device) -> list:
+    """Each job's --image / --audio / --video encoded at its size and length (sampling.conditions), or None."""
+    from ltx2_tuner.sampling.conditions import Condition, encode_conditions
+
+    conditions = [
+        Condition(job.width, job.height, job.frames, job.fps, job.image, job.audio, job.video) for job in jobs
+    ]
+    needs_video = any(c.image or c.video for c in conditions)
+    needs_audio = any(c.audio for c in conditions)
+    if not needs_video and not needs_audio:
         return [None] * len(jobs)
-    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
-    from ltx2_tuner.data.images import load_image
-    from ltx2_tuner.data.transforms import frames_to_model_input
-
-    encoder = LatentEncoder(info, None, device, torch.float32, VaeTiling())  # one frame: float32 costs little
-    latents = []
-    for job in jobs:
-        pixels = load_image(job.image, size=(job.width, job.height))[None] if job.image else None
-        latents.append(None if pixels is None else encoder.encode_video(frames_to_model_input(pixels)[None])[0].cpu())
-    del encoder
+    print("encoding the conditions", flush=True)
+    video_vae = files.video_vae() if needs_video else None
+    audio_vae = files.audio_vae() if needs_audio else None
+    encoded = encode_conditions(conditions, video_vae, audio_vae, device)
     _release_memory()
-    return latents
+    return encoded
 
 
-def _request(job: Job, contexts: dict, first_frame, args, version: str, dtype):
+def _request(job: Job, contexts: dict, condition, args, version: str, dtype):
     from ltx2_tuner.sampling import SampleRequest
 
     steps, video, audio = guidance(job, args, version)
@@ -192,11 +233,12 @@ def _request(job: Job, contexts: dict, first_frame, args, version: str, dtype):
     def cast(tensor):
         return None if tensor is None else tensor.to(dtype)
 
+    audio_only = not job.roles(args.ltx_mode).present("video")
     return SampleRequest(
-        width=job.width,
-        height=job.height,
-        num_frames=job.frames,
-        frame_rate=job.fps,
+        width=None if audio_only else job.width,
+        height=None if audio_only else job.height,
+        num_frames=None if audio_only else job.frames,
+        frame_rate=None if audio_only else job.fps,
         seed=job.seed,
         steps=steps,
         video_context=cast(contexts["video"]),
@@ -205,7 +247,10 @@ def _request(job: Job, contexts: dict, first_frame, args, version: str, dtype):
         audio_context_negative=cast(contexts["audio_negative"]),
         video_guidance=video,
         audio_guidance=audio,
-        first_frame_latent=cast(first_frame),
+        first_frame_latent=cast(condition.first_frame) if condition else None,
+        audio_duration_s=job.duration_s if audio_only else None,
+        frozen_video_latents=condition.frozen_video if condition else None,
+        frozen_audio_latents=condition.frozen_audio if condition else None,
     )
 
 
@@ -225,24 +270,40 @@ def _merge_loras(model, loras: list[LoraWeight], version: str) -> None:
         print(f"LoRA {lora.path.name}: {layers} layers merged at strength {lora.strength}", flush=True)
 
 
-def _decode_and_write(jobs, results, files, device, dtype, tiled: bool) -> None:
+def _decode_and_write(jobs, results, conditions, files, device, dtype, args) -> None:
+    """Decode what each job generated (only the decoders that needs are loaded) and write it with its condition:
+    T2A a .wav / .mp3; A2V the generated frames with the source audio; V2A the source frames with the new sound."""
+    from ltx2_tuner.sampling.conditions import OUTPUT_AUDIO_RATE
     from ltx2_tuner.sampling.decode import Decoders
-    from ltx2_tuner.sampling.media_writers import write_media
+    from ltx2_tuner.sampling.media_writers import write_audio, write_media
 
-    with_audio = any(result.audio_latents is not None for result in results)
+    roles = [job.roles(args.ltx_mode) for job in jobs]
+    with_video, with_audio = (any(r.generated(m) for r in roles) for m in ("video", "audio"))
     # float32 on a CPU (bf16 convolutions crawl there); the compute dtype on a GPU, bf16 for fp16 (VAE overflow).
     decode_dtype = torch.float32 if device.type == "cpu" or dtype == torch.float32 else torch.bfloat16
     print("decoding", flush=True)
-    audio_info = files.audio_vae() if with_audio else None
-    decoders = Decoders.load(files.video_vae(), with_audio=with_audio, dtype=decode_dtype, audio_info=audio_info)
+    decoders = Decoders.load(
+        files.video_vae() if with_video else None,
+        with_audio=with_audio,
+        dtype=decode_dtype,
+        audio_info=files.audio_vae() if with_audio else None,
+        with_video=with_video,
+    )
     with decoders.on(device):
-        for job, result in zip(jobs, results, strict=True):
-            frames = decoders.decode_video(result.video_latents, tiled=tiled, seed=job.seed)
-            audio, rate = (None, None)
-            if result.audio_latents is not None:
-                audio, rate = decoders.decode_audio(result.audio_latents)
+        for job, role, result, condition in zip(jobs, roles, results, conditions, strict=True):
+            audio, rate = decoders.decode_audio(result.audio_latents) if role.generated("audio") else (None, None)
+            if role.frozen("audio"):
+                audio, rate = condition.waveform, OUTPUT_AUDIO_RATE
             job.output.parent.mkdir(parents=True, exist_ok=True)
-            path = write_media(job.output, frames, job.fps, audio, rate)
+            if not role.present("video"):
+                path = write_audio(job.output, audio, rate)
+            else:
+                frames = (
+                    condition.frames
+                    if role.frozen("video")
+                    else decoders.decode_video(result.video_latents, tiled=args.vae_tiling, seed=job.seed)
+                )
+                path = write_media(job.output, frames, job.fps, audio, rate)
             print(f"wrote {path}", flush=True)
 
 

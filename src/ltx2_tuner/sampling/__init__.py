@@ -8,7 +8,7 @@ from ltx2_tuner.sampling.defaults import (
     sampling_defaults,
 )
 from ltx2_tuner.sampling.guidance import GuidancePass, guide, plan_passes
-from ltx2_tuner.sampling.media_writers import write_media, write_wav
+from ltx2_tuner.sampling.media_writers import write_audio, write_media, write_wav
 from ltx2_tuner.sampling.perturbations import Perturbation, perturbed
 from ltx2_tuner.sampling.sampler import SampleRequest, SampleResult, sample
 from ltx2_tuner.sampling.schedule import DISTILLED_SIGMAS, ltx2_sigmas
@@ -29,6 +29,7 @@ __all__ = [
     "plan_passes",
     "sample",
     "sampling_defaults",
+    "write_audio",
     "write_media",
     "write_wav",
 ]

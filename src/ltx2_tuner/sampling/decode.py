@@ -61,21 +61,26 @@ class _Span:
 
 
 class Decoders:
-    """The decoders of one model: video VAE decoder, and (AV) the audio VAE decoder and the vocoder."""
+    """The decoders of one model: the video VAE decoder (None for audio-only output: T2A, V2A), and the audio VAE
+    decoder and the vocoder (None for silent output: T2V, A2V)."""
 
-    def __init__(self, video_vae: nn.Module, audio_vae: nn.Module | None = None, vocoder: nn.Module | None = None):
+    def __init__(
+        self, video_vae: nn.Module | None, audio_vae: nn.Module | None = None, vocoder: nn.Module | None = None
+    ):
         self.video_vae, self.audio_vae, self.vocoder = video_vae, audio_vae, vocoder
         for module in self._modules():
             module.eval().requires_grad_(False)
 
     @classmethod
-    def load(cls, info, with_audio: bool, dtype: torch.dtype = torch.float32, audio_info=None) -> Decoders:
-        """Load from a checkpoint (path or CheckpointInfo) onto the CPU: the video VAE decoder half in `dtype`;
-        with audio, the audio VAE decoder half and the vocoder in float32, from `audio_info` (a split pack's audio
-        VAE file) or else `info`. Nothing else is read."""
+    def load(
+        cls, info, with_audio: bool, dtype: torch.dtype = torch.float32, audio_info=None, with_video: bool = True
+    ) -> Decoders:
+        """Load from a checkpoint (path or CheckpointInfo) onto the CPU: with video, the video VAE decoder half in
+        `dtype`; with audio, the audio VAE decoder half and the vocoder in float32, from `audio_info` (a split pack's
+        audio VAE file) or else `info`. Nothing else is read (`info` may be None when only `audio_info` is read)."""
         from ltx2_tuner.models import load_audio_vae, load_video_vae, load_vocoder
 
-        video_vae = load_video_vae(info, part="decoder", dtype=dtype, device="cpu")
+        video_vae = load_video_vae(info, part="decoder", dtype=dtype, device="cpu") if with_video else None
         if not with_audio:
             return cls(video_vae)
         audio_info = info if audio_info is None else audio_info
@@ -115,6 +120,8 @@ class Decoders:
         tiled in diffusers' stage-4/5 tiles), so decoding is deterministic.
         """
         vae = self.video_vae
+        if vae is None:
+            raise ValueError("these decoders were loaded without video (Decoders.load(..., with_video=True))")
         if latents.ndim != 5 or latents.shape[0] != 1 or latents.shape[1] != vae.config.latent_channels:
             raise ValueError(f"expected video latents [1, {vae.config.latent_channels}, F, H, W], got {latents.shape}")
         device, dtype = _where(vae)

@@ -7,7 +7,9 @@ in float32:
 A term whose scale is neutral, or whose pass did not run, is left out (it is exactly zero in ltx-core too).
 Passes, as the official pipelines batch them: cond; uncond (negative prompts) when a CFG scale is on and a negative
 context exists; perturbed (STG on each modality whose STG scale is on, in its own blocks); isolated (cross-modal
-attention off) when a modality guidance scale is on and both modalities are generated.
+attention off) when a modality guidance scale is on and both modalities are present (generated, or one frozen as the
+condition of the other: A2V, V2A). A frozen modality gets the neutral guider (`GuidanceParams()`): it adds no pass of
+its own, and the official validation runner's frozen-modality rule (reference ltx-2.5-and-conditioning-modes.md §C1).
 """
 
 from __future__ import annotations
@@ -33,31 +35,33 @@ class GuidancePass:
     perturbation: Perturbation = field(default_factory=Perturbation)
 
 
-def effective_params(params: GuidanceParams, other_modality_generated: bool) -> GuidanceParams:
-    """Modality guidance needs the other modality; without it the term is off (official validation runner)."""
-    return params if other_modality_generated else dataclasses.replace(params, modality=1.0)
+def effective_params(params: GuidanceParams, other_modality_present: bool) -> GuidanceParams:
+    """Modality guidance needs the other modality (generated or frozen); without it the term is off (official
+    validation runner)."""
+    return params if other_modality_present else dataclasses.replace(params, modality=1.0)
 
 
 def plan_passes(
-    video: GuidanceParams,
+    video: GuidanceParams | None,
     audio: GuidanceParams | None,
     *,
     video_negative: bool,
     audio_negative: bool = False,
 ) -> list[GuidancePass]:
-    """The passes one step needs. `audio` None = video only. `*_negative`: a negative context differs from the
-    positive one (without it the uncond pass equals cond and is skipped). Pass `effective_params` values."""
-    modalities = [(video, video_negative)] + ([(audio, audio_negative)] if audio is not None else [])
+    """The passes one step needs. `audio` None = video only, `video` None = audio only; a frozen modality passes
+    `GuidanceParams()`. `*_negative`: a negative context differs from the positive one (without it the uncond pass
+    equals cond and is skipped). Pass `effective_params` values."""
+    modalities = [(p, negative) for p, negative in ((video, video_negative), (audio, audio_negative)) if p is not None]
     passes = [GuidancePass(COND)]
     if any(params.cfg != 1.0 and negative for params, negative in modalities):
         passes.append(GuidancePass(UNCOND, negative=True))
     stg = Perturbation(
-        video_self_attn_blocks=tuple(video.stg_blocks) if video.stg != 0.0 else (),
+        video_self_attn_blocks=tuple(video.stg_blocks) if video is not None and video.stg != 0.0 else (),
         audio_self_attn_blocks=tuple(audio.stg_blocks) if audio is not None and audio.stg != 0.0 else (),
     )
     if not stg.is_identity:  # an STG scale without blocks perturbs nothing: that pass would equal cond
         passes.append(GuidancePass(PERTURBED, perturbation=stg))
-    if audio is not None and (video.modality != 1.0 or audio.modality != 1.0):
+    if video is not None and audio is not None and (video.modality != 1.0 or audio.modality != 1.0):
         passes.append(GuidancePass(ISOLATED, perturbation=Perturbation(cross_modal=False)))
     return passes
 

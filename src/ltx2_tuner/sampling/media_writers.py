@@ -1,4 +1,5 @@
-"""Write decoded samples: mp4 (H.264 + stereo AAC), png for a single frame, 16-bit wav. PyAV and pillow only.
+"""Write decoded samples: mp4 (H.264 + stereo AAC), png for a single frame, 16-bit wav or mp3 for audio only
+(`write_audio`). PyAV and pillow only.
 
 Encoding follows ltx-trainer's `video_utils.save_video`: libx264, yuv420p, CRF 18, AAC stereo at the vocoder's
 rate. Unlike it, a fractional frame rate (23.976) is kept exactly rather than truncated to an integer, and the
@@ -49,6 +50,24 @@ def write_media(
     if stereo is not None and stereo.shape[0] == 1:
         stereo = np.repeat(stereo, 2, axis=0)
     _atomic_write(path, lambda tmp: _write_mp4(tmp, array, _rate(fps), stereo, audio_rate))
+    return path
+
+
+AUDIO_SUFFIXES = (".wav", ".mp3")
+MP3_BITRATE = 192_000  # bits per second; transparent for speech and most music
+
+
+def write_audio(path: Path, waveform: torch.Tensor, rate: int) -> Path:
+    """Write a float waveform [C, S] or [S] (1 or 2 channels) at `rate` Hz as `path`: 16-bit PCM for .wav (the
+    official trainer's audio-only output), MP3 (LAME, 192 kbit/s) for .mp3."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".wav":
+        return write_wav(path, waveform, rate)
+    if suffix != ".mp3":
+        raise MediaError(f"{path}: audio is written as .wav or .mp3; rename the output")
+    samples = _check_audio(path, waveform, rate, max_channels=2)
+    _atomic_write(path, lambda tmp: _write_mp3(tmp, samples, rate))
     return path
 
 
@@ -155,6 +174,19 @@ def _write_wav(tmp: Path, samples: np.ndarray, rate: int) -> None:
     layout = "mono" if samples.shape[0] == 1 else "stereo"
     with av.open(str(tmp), mode="w", format="wav") as container:
         stream = container.add_stream("pcm_s16le", rate=rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _write_mp3(tmp: Path, samples: np.ndarray, rate: int) -> None:
+    import av
+
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    with av.open(str(tmp), mode="w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=rate, layout=layout)
+        stream.bit_rate = MP3_BITRATE
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
         frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
         container.mux(stream.encode(frame))

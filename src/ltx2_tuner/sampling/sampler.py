@@ -8,6 +8,13 @@ The first latent frame is marked for LTX 2.5's keyframe embedding in every pass,
 marks it (reference ltx-2.5-and-conditioning-modes.md A2; 2.0/2.3 ignore the mark).
 Noise, latent layout and RoPE positions are built as training builds them (training/step.py), so a LoRA sees at
 sampling time what it saw in training. Facts: ../shared/reference/official-ltx-trainer.md §1.11.
+
+Modes (roles.py): a request without video is T2A (a transformer built with mode "audio" suffices); a request with
+frozen audio latents is A2V, with frozen video latents V2A. A frozen modality is what the official validation runner
+makes of it (reference ltx-2.5-and-conditioning-modes.md §C1 and part B): its clean latents enter every pass with
+sigma 0 and timestep 0 on every token, with its positive prompt in every pass, the neutral guider, and no Euler step;
+it conditions the generated modality through the audio <-> video cross-attention, so the generated one keeps its
+modality guidance. Its latents come back unchanged.
 """
 
 from __future__ import annotations
@@ -26,63 +33,100 @@ from ltx2_tuner.models import (
     ModalityInput,
     audio_latent_count,
     audio_positions,
+    patchify_audio,
     patchify_video,
     unpatchify_audio,
     unpatchify_video,
     video_positions,
 )
 from ltx2_tuner.models.keyframes import first_frame_keyframes_mask
+from ltx2_tuner.models.latent_layout import AUDIO_LATENTS_PER_SECOND
+from ltx2_tuner.roles import ABSENT, FROZEN, GENERATED, ModalityRoles
 from ltx2_tuner.sampling.defaults import GuidanceParams
 from ltx2_tuner.sampling.guidance import GuidancePass, effective_params, guide, plan_passes
 from ltx2_tuner.sampling.perturbations import perturbed
 from ltx2_tuner.sampling.schedule import ltx2_sigmas
 
 LATENT_CHANNELS = 128
+AUDIO_CHANNELS, AUDIO_MEL_BINS = 8, 16  # audio latents [1, 8, T, 16]
 SPATIAL_FACTOR, TEMPORAL_FACTOR = 32, 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SampleRequest:
     """One sample to generate. Contexts are connector outputs [1, T, D]; a None negative = the positive prompt (CFG
-    then has nothing to push away from and its pass is skipped); audio_context None = video only."""
+    then has nothing to push away from and its pass is skipped).
 
-    width: int
-    height: int
-    num_frames: int
-    frame_rate: float
+    Each modality's role (roles.py) follows from the fields: video is absent when `video_context` is None (T2A),
+    frozen when `frozen_video_latents` is given (V2A), else generated; audio likewise with `audio_context` and
+    `frozen_audio_latents` (A2V). A frozen modality still needs its (positive) context. width, height, num_frames and
+    frame_rate are the video's geometry (frozen video included) and are not read without video. Generated audio
+    lasts num_frames / frame_rate beside video, `audio_duration_s` without it (T2A); frozen audio has its own length.
+    """
+
+    width: int | None = None
+    height: int | None = None
+    num_frames: int | None = None
+    frame_rate: float | None = None
     seed: int
     steps: int
-    video_context: torch.Tensor
-    video_context_negative: torch.Tensor | None
+    video_context: torch.Tensor | None
+    video_context_negative: torch.Tensor | None = None
     audio_context: torch.Tensor | None
-    audio_context_negative: torch.Tensor | None
+    audio_context_negative: torch.Tensor | None = None
     video_guidance: GuidanceParams
     audio_guidance: GuidanceParams
     first_frame_latent: torch.Tensor | None = None  # [128, 1, H/32, W/32] normalized latent of the I2V image
     sigmas: torch.Tensor | None = None  # [steps + 1]; default ltx2_sigmas(steps)
+    audio_duration_s: float | None = None  # T2A only: round(25 · seconds) audio latents (ltx-core AudioLatentShape)
+    frozen_video_latents: torch.Tensor | None = None  # V2A: [1, 128, F', H/32, W/32] normalized (video VAE encoder)
+    frozen_audio_latents: torch.Tensor | None = None  # A2V: [1, 8, T, 16] normalized (audio VAE encoder)
+
+    @property
+    def roles(self) -> ModalityRoles:
+        """What this request does with video and audio; ConfigError for a combination no mode has."""
+        roles = []
+        for name, context, frozen in (
+            ("video", self.video_context, self.frozen_video_latents),
+            ("audio", self.audio_context, self.frozen_audio_latents),
+        ):
+            if frozen is not None and context is None:
+                raise ConfigError(f"frozen {name} latents need the {name} text context (the frozen {name} reads it)")
+            roles.append(ABSENT if context is None else FROZEN if frozen is not None else GENERATED)
+        try:
+            return ModalityRoles(*roles)
+        except ValueError:
+            raise ConfigError(
+                f"a sample with video {roles[0]} and audio {roles[1]}: generate at least one modality, and freeze "
+                "at most one (A2V: frozen audio; V2A: frozen video)"
+            ) from None
 
 
 @dataclass(frozen=True)
 class SampleResult:
-    video_latents: torch.Tensor  # [1, 128, F', H/32, W/32] normalized, float32 on the CPU
-    audio_latents: torch.Tensor | None  # [1, 8, T, 16] normalized, float32 on the CPU
+    video_latents: torch.Tensor | None  # [1, 128, F', H/32, W/32] normalized, float32 on the CPU; None in T2A
+    audio_latents: torch.Tensor | None  # [1, 8, T, 16] normalized, float32 on the CPU; None without audio
 
 
 @dataclass
 class _Stream:
-    """One generated modality during sampling (tokens [1, N, 128] and what stays fixed across steps)."""
+    """One modality during sampling (tokens [1, N, 128] and what stays fixed across steps)."""
 
     latent: torch.Tensor
     positions: torch.Tensor
-    contexts: tuple[torch.Tensor, torch.Tensor]  # (positive, negative)
+    contexts: tuple[torch.Tensor, torch.Tensor]  # (positive, negative); a frozen stream has (positive, positive)
     params: GuidanceParams
+    frozen: bool = False  # clean: sigma 0 and timestep 0 in every pass, never stepped
     clean: torch.Tensor | None = None  # [1, n, 128] first-frame tokens (the first n tokens), kept clean
     denoise: torch.Tensor | None = None  # [1, N] float32: 0 on clean tokens, 1 elsewhere
     keyframes: torch.Tensor | None = None  # [1, N] bool: tokens that get the keyframe embedding (video)
 
+    def sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(sigma) if self.frozen else sigma
+
     def timesteps(self, sigma: torch.Tensor) -> torch.Tensor:
-        full = sigma.expand(1, self.latent.shape[1])
-        return full if self.denoise is None else self.denoise * sigma
+        full = self.sigma(sigma).expand(1, self.latent.shape[1])
+        return full if self.denoise is None else self.denoise * full
 
 
 def sample(
@@ -96,70 +140,86 @@ def sample(
 ) -> SampleResult:
     """Generate `request` with `model` (a TransformerAdapter or anything with its call signature).
 
-    Deterministic for `request.seed`: the noise is drawn on the CPU in float32 (video tokens, then audio tokens).
-    The guidance passes of a step run `max_batch` at a time (1 = one after the other; same result). The model runs
-    under no_grad in eval mode and is left in the train/eval mode it had.
+    Deterministic for `request.seed`: the noise is drawn on the CPU in float32 (generated video tokens, then
+    generated audio tokens). The guidance passes of a step run `max_batch` at a time (1 = one after the other; same
+    result). The model runs under no_grad in eval mode and is left in the train/eval mode it had. A frozen modality's
+    latents are returned as given (float32, CPU).
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be at least 1, not {max_batch}")
     device = torch.device(device)
-    frames, height, width = _latent_grid(request)
+    roles = request.roles
+    _check_request(request, roles)
+    _check_model(model, roles)
     sigmas = _sigmas(request)
-    with_audio = request.audio_context is not None
-    _check_model(model, with_audio)
 
     generator = torch.Generator().manual_seed(request.seed)
-    noise = torch.randn((1, frames * height * width, LATENT_CHANNELS), generator=generator, dtype=torch.float32)
-    video = _video_stream(request, noise, (frames, height, width), device, dtype)
-    audio = None
-    if with_audio:
-        count = audio_latent_count(request.num_frames, request.frame_rate)
-        if count < 1:
-            raise ConfigError(
-                f"{request.num_frames} frames at {request.frame_rate} fps hold no audio latent (25 per second); "
-                "generate more frames or video only"
-            )
-        noise = torch.randn((1, count, LATENT_CHANNELS), generator=generator, dtype=torch.float32)
-        contexts = _contexts(request.audio_context, request.audio_context_negative, device, dtype)
-        params = effective_params(request.audio_guidance, other_modality_generated=True)
-        audio = _Stream(noise.to(device, dtype), audio_positions(1, count, device=device), contexts, params)
-    video.params = effective_params(request.video_guidance, other_modality_generated=with_audio)
+    grid = _latent_grid(request) if roles.present("video") else None
+    video = _video_stream(request, roles, generator, grid, device, dtype) if grid is not None else None
+    audio = _audio_stream(request, roles, generator, device, dtype) if roles.present("audio") else None
 
     passes = plan_passes(
-        video.params,
+        video.params if video is not None else None,
         audio.params if audio is not None else None,
-        video_negative=request.video_context_negative is not None,
-        audio_negative=with_audio and request.audio_context_negative is not None,
+        video_negative=roles.generated("video") and request.video_context_negative is not None,
+        audio_negative=roles.generated("audio") and request.audio_context_negative is not None,
     )
+    streams = (video, audio)
     sigmas = sigmas.to(device)
     with _eval_no_grad(model):
         for step in tqdm(range(len(sigmas) - 1), desc="sampling", unit="step", disable=not progress, leave=False):
             sigma, sigma_next = sigmas[step], sigmas[step + 1]
-            x0_video, x0_audio = _guided_x0(model, passes, video, audio, sigma, max_batch)
-            video.latent = _euler(video.latent, x0_video, sigma, sigma_next)
-            if audio is not None:
-                audio.latent = _euler(audio.latent, x0_audio, sigma, sigma_next)
+            guided = _guided_x0(model, passes, video, audio, sigma, max_batch)
+            for stream, x0 in zip(streams, guided, strict=True):
+                if stream is not None and not stream.frozen:
+                    stream.latent = _euler(stream.latent, x0, sigma, sigma_next)
 
-    video_latents = unpatchify_video(video.latent.float().cpu(), frames, height, width)
-    audio_latents = unpatchify_audio(audio.latent.float().cpu()) if audio is not None else None
-    return SampleResult(video_latents, audio_latents)
+    return SampleResult(_video_result(request, roles, video, grid), _audio_result(request, roles, audio))
+
+
+def _video_result(request: SampleRequest, roles: ModalityRoles, video: _Stream | None, grid) -> torch.Tensor | None:
+    if video is None:
+        return None
+    if roles.frozen("video"):
+        return request.frozen_video_latents.float().cpu()
+    return unpatchify_video(video.latent.float().cpu(), *grid)
+
+
+def _audio_result(request: SampleRequest, roles: ModalityRoles, audio: _Stream | None) -> torch.Tensor | None:
+    if audio is None:
+        return None
+    if roles.frozen("audio"):
+        return request.frozen_audio_latents.float().cpu()
+    return unpatchify_audio(audio.latent.float().cpu())
+
+
+def _check_request(request: SampleRequest, roles: ModalityRoles) -> None:
+    if request.first_frame_latent is not None and not roles.generated("video"):
+        raise ConfigError("a first-frame image conditions generated video: drop it for audio-only or V2A samples")
+    if roles.present("video") and request.audio_duration_s is not None:
+        raise ConfigError(
+            f"audio_duration_s {request.audio_duration_s}: sets the length of audio-only samples; beside video the "
+            "audio lasts num_frames / frame_rate"
+        )
 
 
 def _latent_grid(request: SampleRequest) -> tuple[int, int, int]:
     """(latent frames, latent height, latent width), checking the pixel geometry the VAE can produce."""
-    if request.width <= 0 or request.height <= 0 or request.width % SPATIAL_FACTOR or request.height % SPATIAL_FACTOR:
-        raise ConfigError(
-            f"sample size {request.width}x{request.height}: width and height must be positive multiples of 32"
-        )
-    if request.num_frames < 1 or (request.num_frames - 1) % TEMPORAL_FACTOR:
-        raise ConfigError(f"sample length {request.num_frames} frames: use 8k + 1 frames (1, 9, 17, ..., 121)")
-    if request.frame_rate <= 0:
-        raise ConfigError(f"sample frame rate {request.frame_rate}: must be positive")
-    return (
-        (request.num_frames - 1) // TEMPORAL_FACTOR + 1,
-        request.height // SPATIAL_FACTOR,
-        request.width // SPATIAL_FACTOR,
-    )
+    width, height, num_frames, frame_rate = request.width, request.height, request.num_frames, request.frame_rate
+    if (
+        width is None
+        or height is None
+        or width <= 0
+        or height <= 0
+        or width % SPATIAL_FACTOR
+        or height % SPATIAL_FACTOR
+    ):
+        raise ConfigError(f"sample size {width}x{height}: width and height must be positive multiples of 32")
+    if num_frames is None or num_frames < 1 or (num_frames - 1) % TEMPORAL_FACTOR:
+        raise ConfigError(f"sample length {num_frames} frames: use 8k + 1 frames (1, 9, 17, ..., 121)")
+    if frame_rate is None or not frame_rate > 0:
+        raise ConfigError(f"sample frame rate {frame_rate}: must be positive")
+    return (num_frames - 1) // TEMPORAL_FACTOR + 1, height // SPATIAL_FACTOR, width // SPATIAL_FACTOR
 
 
 def _sigmas(request: SampleRequest) -> torch.Tensor:
@@ -173,11 +233,14 @@ def _sigmas(request: SampleRequest) -> torch.Tensor:
     return sigmas
 
 
-def _check_model(model: nn.Module, with_audio: bool) -> None:
+def _check_model(model: nn.Module, roles: ModalityRoles) -> None:
     mode = getattr(model, "mode", "av")
-    if mode == "audio":
-        raise ConfigError("the sampler generates video: load the transformer with --ltx_mode av or video")
-    if with_audio and mode == "video":
+    if roles.present("video") and mode == "audio":
+        raise ConfigError(
+            "video was requested but the transformer was loaded with --ltx_mode audio (no video stream): "
+            "load it with --ltx_mode av or video, or sample audio only"
+        )
+    if roles.present("audio") and mode == "video":
         raise ConfigError(
             "audio was requested but the transformer was loaded with --ltx_mode video (no audio stream): "
             "load it with --ltx_mode av or sample video only"
@@ -192,11 +255,33 @@ def _contexts(positive: torch.Tensor, negative: torch.Tensor | None, device, dty
     return positive, positive if negative is None else negative.to(device, dtype)
 
 
-def _video_stream(request: SampleRequest, noise: torch.Tensor, grid: tuple[int, int, int], device, dtype) -> _Stream:
+def _stream_contexts(positive, negative, frozen: bool, device, dtype) -> tuple[torch.Tensor, ...]:
+    # The official runner gives a frozen modality its positive prompt in the negative-prompt pass too.
+    return _contexts(positive, None if frozen else negative, device, dtype)
+
+
+def _params(guidance: GuidanceParams, role: str, roles: ModalityRoles) -> GuidanceParams:
+    return GuidanceParams() if role == FROZEN else effective_params(guidance, other_modality_present=roles.both_present)
+
+
+def _video_stream(request: SampleRequest, roles: ModalityRoles, generator, grid, device, dtype) -> _Stream:
     frames, height, width = grid
-    contexts = _contexts(request.video_context, request.video_context_negative, device, dtype)
+    frozen = roles.frozen("video")
+    contexts = _stream_contexts(request.video_context, request.video_context_negative, frozen, device, dtype)
     positions = video_positions(1, frames, height, width, request.frame_rate, device=device)
-    stream = _Stream(noise.to(device, dtype), positions, contexts, request.video_guidance)
+    if frozen:
+        latents = request.frozen_video_latents
+        if latents.ndim != 5 or tuple(latents.shape) != (1, LATENT_CHANNELS, frames, height, width):
+            raise ConfigError(
+                f"frozen video latents of shape {list(latents.shape)} for a {request.width}x{request.height}x"
+                f"{request.num_frames} sample: expected [1, {LATENT_CHANNELS}, {frames}, {height}, {width}] (encode "
+                "the video at the sample's size and frame count)"
+            )
+        tokens = patchify_video(latents.float())
+    else:
+        tokens = torch.randn((1, frames * height * width, LATENT_CHANNELS), generator=generator, dtype=torch.float32)
+    stream = _Stream(tokens.to(device, dtype), positions, contexts, _params(request.video_guidance, roles.video, roles))
+    stream.frozen = frozen
     stream.keyframes = first_frame_keyframes_mask(1, height * width, frames * height * width, device)
     image = request.first_frame_latent
     if image is not None:
@@ -215,31 +300,74 @@ def _video_stream(request: SampleRequest, noise: torch.Tensor, grid: tuple[int, 
     return stream
 
 
-def _guided_x0(model, passes: list[GuidancePass], video: _Stream, audio: _Stream | None, sigma, max_batch: int):
-    """(video x0, audio x0 | None), guided, float32; the video's clean tokens reset to the image latent."""
+def _audio_stream(request: SampleRequest, roles: ModalityRoles, generator, device, dtype) -> _Stream:
+    frozen = roles.frozen("audio")
+    if frozen:
+        latents = request.frozen_audio_latents
+        if latents.ndim != 4 or latents.shape[0] != 1 or tuple(latents.shape[1::2]) != (AUDIO_CHANNELS, AUDIO_MEL_BINS):
+            raise ConfigError(
+                f"frozen audio latents of shape {list(latents.shape)}: expected [1, {AUDIO_CHANNELS}, T, "
+                f"{AUDIO_MEL_BINS}] (the audio VAE encoder's output)"
+            )
+        tokens = patchify_audio(latents.float())
+    else:
+        count = _audio_count(request, roles)
+        tokens = torch.randn((1, count, LATENT_CHANNELS), generator=generator, dtype=torch.float32)
+    contexts = _stream_contexts(request.audio_context, request.audio_context_negative, frozen, device, dtype)
+    positions = audio_positions(1, tokens.shape[1], device=device)
+    stream = _Stream(tokens.to(device, dtype), positions, contexts, _params(request.audio_guidance, roles.audio, roles))
+    stream.frozen = frozen
+    return stream
+
+
+def _audio_count(request: SampleRequest, roles: ModalityRoles) -> int:
+    """Generated audio latents: as long as the video, or `audio_duration_s` (T2A); 25 per second."""
+    if roles.present("video"):
+        count = audio_latent_count(request.num_frames, request.frame_rate)
+        if count < 1:
+            raise ConfigError(
+                f"{request.num_frames} frames at {request.frame_rate} fps hold no audio latent (25 per second); "
+                "generate more frames or video only"
+            )
+        return count
+    seconds = request.audio_duration_s
+    if seconds is None or not round(seconds * AUDIO_LATENTS_PER_SECOND) >= 1:
+        raise ConfigError(
+            f"audio-only sample of {seconds} seconds: give audio_duration_s of at least 0.04 s (25 audio latents "
+            "per second)"
+        )
+    return round(seconds * AUDIO_LATENTS_PER_SECOND)
+
+
+def _guided_x0(model, passes: list[GuidancePass], video: _Stream | None, audio: _Stream | None, sigma, max_batch):
+    """(video x0 | None, audio x0 | None), guided, float32, for the generated streams; the video's clean tokens
+    reset to the image latent."""
+    streams = (video, audio)
     predictions = [{}, {}]
-    for chunk in _chunks(passes, video, audio, max_batch):
-        inputs = [_batched_input(stream, chunk, sigma) if stream is not None else None for stream in (video, audio)]
+    for chunk in _chunks(passes, streams, max_batch):
+        inputs = [_batched_input(stream, chunk, sigma) if stream is not None else None for stream in streams]
         with perturbed(model, [p.perturbation for p in chunk]):
             velocities = model(inputs[0], inputs[1])
-        for index, (stream, velocity) in enumerate(zip((video, audio), velocities, strict=True)):
-            if stream is None:
+        for index, (stream, velocity) in enumerate(zip(streams, velocities, strict=True)):
+            if stream is None or stream.frozen:
                 continue
             x0 = inputs[index].latent.float() - velocity.float() * inputs[index].timesteps.unsqueeze(-1)
             predictions[index].update({p.name: x0[i : i + 1] for i, p in enumerate(chunk)})
 
-    x0_video = guide(predictions[0], video.params)
-    if video.clean is not None:  # the official `_post_process_latent` with the denoise mask
-        x0_video[:, : video.clean.shape[1]] = video.clean.float()
-    x0_audio = guide(predictions[1], audio.params) if audio is not None else None
-    return x0_video, x0_audio
+    guided = [
+        guide(found, stream.params) if stream is not None and not stream.frozen else None
+        for stream, found in zip(streams, predictions, strict=True)
+    ]
+    if video is not None and video.clean is not None:  # the official `_post_process_latent` with the denoise mask
+        guided[0][:, : video.clean.shape[1]] = video.clean.float()
+    return guided
 
 
-def _chunks(passes, video: _Stream, audio: _Stream | None, max_batch: int) -> Iterator[list[GuidancePass]]:
+def _chunks(passes, streams, max_batch: int) -> Iterator[list[GuidancePass]]:
     """Consecutive passes, at most `max_batch` per forward, their text contexts of one shape (so they stack)."""
 
     def shapes(p: GuidancePass):
-        return tuple(s.contexts[p.negative].shape for s in (video, audio) if s is not None)
+        return tuple(s.contexts[p.negative].shape for s in streams if s is not None)
 
     for _, group in itertools.groupby(passes, key=shapes):
         group = list(group)
@@ -252,7 +380,7 @@ def _batched_input(stream: _Stream, chunk: list[GuidancePass], sigma: torch.Tens
     timesteps = stream.timesteps(sigma.float())
     return ModalityInput(
         latent=stream.latent.expand(size, -1, -1),
-        sigma=sigma.float().expand(size),
+        sigma=stream.sigma(sigma.float()).expand(size),
         timesteps=timesteps.expand(size, -1),
         positions=stream.positions.expand(size, -1, -1, -1),
         context=torch.cat([stream.contexts[p.negative] for p in chunk]),

@@ -1,10 +1,17 @@
 """Previews during training: the prompts of --sample_prompts sampled with the LoRA being trained, decoded to
-mp4 (with AAC audio in AV mode; a png for a 1-frame prompt) and logged.
+mp4 (with AAC audio in AV mode; a png for a 1-frame prompt; a 16-bit wav for audio only) and logged.
+
+Each preview does what the run trains (roles.py, the trainer's `ModalityRoles`): T2V, T2AV, T2A (a wav of the
+prompt's --du seconds), A2V (video for the prompt's --a audio, muxed with that audio) or V2A (sound for the prompt's
+--v frames, written with them). An A2V / V2A run's prompts without --a / --v are sampled as joint T2AV (the AV build
+can), and the run says so once. These are the official validation runner's outputs (reference
+ltx-2.5-and-conditioning-modes.md §C1).
 
 Setup (`PreviewRunner.prepare`, before the transformer loads): the prompt embeddings come from the sample-prompt
 cache beside the prompt file; when it is missing or stale, Gemma (--text_encoder) and the connectors encode them and
-are freed before the transformer takes their memory. I2V images are encoded once with the video VAE encoder, which
-is freed too. The decoders (video VAE; audio VAE and vocoder in AV mode) wait on the CPU.
+are freed before the transformer takes their memory. I2V images, --a audio and --v frames are encoded once with the
+VAE encoders, which are freed too (sampling.conditions). Only the decoders the previews need (video VAE; audio VAE
+and vocoder) wait on the CPU.
 
 A preview (`run`) happens on the main process (the others wait at a barrier), in eval mode and without gradients,
 and leaves no trace in training: the train/eval modes, every random state (torch CPU and CUDA, Python, NumPy) and
@@ -27,9 +34,11 @@ from tqdm import tqdm
 from ltx2_tuner.cache import sample_prompts as samples
 from ltx2_tuner.errors import CacheError, ConfigError
 from ltx2_tuner.models.text_embeddings import check_text_encoder
+from ltx2_tuner.roles import ModalityRoles, roles_by_name, roles_for
+from ltx2_tuner.sampling.conditions import OUTPUT_AUDIO_RATE, Condition, EncodedCondition, encode_conditions
 from ltx2_tuner.sampling.decode import Decoders
 from ltx2_tuner.sampling.defaults import sampling_defaults
-from ltx2_tuner.sampling.media_writers import write_media
+from ltx2_tuner.sampling.media_writers import write_audio, write_media
 from ltx2_tuner.sampling.sampler import SampleRequest, sample
 
 # The official conv-decoder tiles (384 px, 48 frames): previews that fit in one are decoded whole.
@@ -39,12 +48,12 @@ _TILE_PX, _TILE_FRAMES = 384, 48
 class PreviewRunner:
     """Samples, decodes, writes and logs every prompt of a prompt file; see the module docstring."""
 
-    def __init__(self, accelerator, info, mode: str, dtype: torch.dtype, folder: Path, name: str, prompts: list,
-                 first_frames: list, decoders: Decoders | None, steps: int | None):  # fmt: skip
-        self.accelerator, self.info, self.mode, self.dtype = accelerator, info, mode, dtype
+    def __init__(self, accelerator, info, roles: ModalityRoles, dtype: torch.dtype, folder: Path, name: str,
+                 prompts: list, conditions: list, decoders: Decoders | None, steps: int | None):  # fmt: skip
+        self.accelerator, self.info, self.roles, self.dtype = accelerator, info, roles, dtype
         self.folder, self.name = folder, name
         self.prompts = prompts  # [SamplePromptEmbeds]; empty on the processes that only wait
-        self.first_frames = first_frames  # per prompt: normalized latent [128, 1, H/32, W/32] or None
+        self.conditions = conditions  # per prompt: sampling.conditions.EncodedCondition or None
         self.decoders, self.steps = decoders, steps
         self.last_step: int | None = None  # a step that ends an epoch too gets one set of previews
 
@@ -52,33 +61,43 @@ class PreviewRunner:
     def prepare(cls, args, files, accelerator, dtype: torch.dtype) -> PreviewRunner:
         """Check on every process, then (main process) encode what needs encoding and load the decoders.
 
-        files: the model's `ModelFiles`; the text encoder and the VAE files are opened only when needed."""
+        args: reads sample_prompts, ltx_mode, frozen_modality (roles.roles_for), output_dir, output_name and
+        sample_steps. files: the model's `ModelFiles`; the text encoder and the VAE files are opened only when
+        needed."""
         info = files.transformer
+        roles = roles_for(args.ltx_mode, getattr(args, "frozen_modality", None))
         prompts_file: Path = args.sample_prompts
-        embeds, stale = _cached_embeds(prompts_file, args.ltx_mode, info.version)
+        embeds, stale = _cached_embeds(prompts_file, roles.build, info.version)
         gemma = connectors = None
         if embeds is None:
             text_encoder = files.text_encoder(required=False)
             if text_encoder is None:
                 raise ConfigError(f"{stale}; or pass --text_encoder (the Gemma text encoder) to encode them at setup")
             connectors = files.connectors()
-            gemma = check_text_encoder(connectors, info, text_encoder, args.ltx_mode)
-        video_vae = files.video_vae()
-        audio_vae = files.audio_vae() if args.ltx_mode == "av" else None
+            gemma = check_text_encoder(connectors, info, text_encoder, roles.build)
+        prompt_roles = [preview_roles(roles, p) for p in samples.read_sample_prompts(prompts_file)]
+        video_vae = files.video_vae() if any(r.present("video") for r in prompt_roles) else None
+        audio_vae = files.audio_vae() if any(r.present("audio") for r in prompt_roles) else None
         folder, name = args.output_dir / "sample", args.output_name
         if not accelerator.is_main_process:
-            return cls(accelerator, info, args.ltx_mode, dtype, folder, name, [], [], None, args.sample_steps)
+            return cls(accelerator, info, roles, dtype, folder, name, [], [], None, args.sample_steps)
         device = accelerator.device
         if embeds is None:
             reason = stale.split("; run")[0]  # the cache's problem, without the command that would fix it
             print(f"previews: {reason}; encoding the prompts with Gemma from {gemma.root}", flush=True)
-            embeds = _encode_prompts(prompts_file, gemma, connectors, args.ltx_mode, dtype, device)
-        first_frames = _encode_first_frames(video_vae, [e.sample for e in embeds], device)
+            embeds = _encode_prompts(prompts_file, gemma, connectors, roles.build, dtype, device)
+        _say_joint_previews(roles, [e.sample for e in embeds])
+        conditions = encode_conditions(
+            [_condition(p.sample, r) for p, r in zip(embeds, prompt_roles, strict=True)], video_vae, audio_vae, device
+        )
+        _release_memory()
         # The video decoder in bf16 on a GPU when training in bf16 (as the official validation), else fp32 (CPU
         # convolutions in bf16 are ~100x slower; fp16 may overflow in the VAE).
         vae_dtype = torch.bfloat16 if dtype == torch.bfloat16 and device.type == "cuda" else torch.float32
-        decoders = Decoders.load(video_vae, with_audio=audio_vae is not None, dtype=vae_dtype, audio_info=audio_vae)
-        return cls(accelerator, info, args.ltx_mode, dtype, folder, name, embeds, first_frames, decoders,
+        with_video, with_audio = (any(r.generated(m) for r in prompt_roles) for m in ("video", "audio"))
+        decoders = Decoders.load(video_vae, with_audio=with_audio, dtype=vae_dtype, audio_info=audio_vae,
+                                 with_video=with_video)  # fmt: skip
+        return cls(accelerator, info, roles, dtype, folder, name, embeds, conditions, decoders,
                    args.sample_steps)  # fmt: skip
 
     def run(self, model, step: int, logger=None) -> list[Path]:
@@ -105,45 +124,98 @@ class PreviewRunner:
 
     def _preview(self, module, index: int, embeds, step: int, logger) -> Path:
         prompt, device = embeds.sample, self.accelerator.device
+        roles, condition = preview_roles(self.roles, prompt), self.conditions[index]
         with self.accelerator.autocast():  # bf16 base weights with fp32 LoRA weights, as in training
             result = sample(module, self.request(index), device=device, dtype=self.dtype)
+        frames = audio = rate = None
         with self.decoders.on(device):
-            tiled = max(prompt.width, prompt.height) > _TILE_PX or prompt.num_frames > _TILE_FRAMES
-            frames = self.decoders.decode_video(result.video_latents, tiled=tiled)
-            audio, rate = None, None
-            if result.audio_latents is not None:
+            if roles.generated("video"):
+                tiled = max(prompt.width, prompt.height) > _TILE_PX or prompt.num_frames > _TILE_FRAMES
+                frames = self.decoders.decode_video(result.video_latents, tiled=tiled)
+            if roles.generated("audio"):
                 audio, rate = self.decoders.decode_audio(result.audio_latents)
+        if roles.frozen("video"):  # V2A: the source frames with the new sound
+            frames = condition.frames
+        if roles.frozen("audio"):  # A2V: the new frames with the source sound
+            audio, rate = condition.waveform, OUTPUT_AUDIO_RATE
         path = self.folder / f"{self.name}_step{step:06d}_{index:02d}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path = write_media(path, frames, prompt.frame_rate, audio, rate)
+        if frames is None:  # T2A
+            path = write_audio(path.with_suffix(".wav"), audio, rate)
+        else:
+            path = write_media(path, frames, prompt.frame_rate, audio, rate)
         tqdm.write(f"preview: {path}")
-        if logger is not None:
+        if logger is not None and frames is not None:  # the loggers take clips (an audio-only entry: not yet)
             logger.log_media(f"preview/{index:02d}", path, frames, prompt.frame_rate, step, audio, rate)
         return path
 
     def request(self, index: int) -> SampleRequest:
         """The sampler's request for prompt `index`: its size, seed and CFG scales, the model version's defaults for
-        what the prompt leaves unset (steps, STG, rescale, modality guidance), --sample_steps over every prompt's."""
-        embeds, first_frame = self.prompts[index], self.first_frames[index]
+        what the prompt leaves unset (steps, STG, rescale, modality guidance), --sample_steps over every prompt's; its
+        condition (I2V image, A2V audio, V2A frames) as latents."""
+        embeds, condition = self.prompts[index], self.conditions[index] or EncodedCondition()
         prompt = embeds.sample
+        roles = preview_roles(self.roles, prompt)
         defaults = sampling_defaults(self.info.version)
         video, audio = defaults.video, defaults.audio
         if prompt.guidance_scale is not None:
             video = dataclasses.replace(video, cfg=prompt.guidance_scale)
         if prompt.audio_guidance_scale is not None:
             audio = dataclasses.replace(audio, cfg=prompt.audio_guidance_scale)
-        # Video-mode previews are video only, even from an AV prompt cache; a still image (a png) has no sound.
-        with_audio = self.mode == "av" and prompt.num_frames > 1
+
+        # Each modality's contexts only where it is present: video-mode previews are video only, even from an AV
+        # prompt cache.
+        def context(modality: str, tensor):
+            return tensor[None].to(self.dtype) if roles.present(modality) else None
+
+        with_video = roles.present("video")
         return SampleRequest(
-            width=prompt.width, height=prompt.height, num_frames=prompt.num_frames, frame_rate=prompt.frame_rate,
+            width=prompt.width if with_video else None, height=prompt.height if with_video else None,
+            num_frames=prompt.num_frames if with_video else None,
+            frame_rate=prompt.frame_rate if with_video else None,
             seed=prompt.seed, steps=self.steps or prompt.steps or defaults.steps,
-            video_context=embeds.video[None].to(self.dtype),
-            video_context_negative=embeds.negative_video[None].to(self.dtype),
-            audio_context=embeds.audio[None].to(self.dtype) if with_audio else None,
-            audio_context_negative=embeds.negative_audio[None].to(self.dtype) if with_audio else None,
+            video_context=context("video", embeds.video),
+            video_context_negative=context("video", embeds.negative_video),
+            audio_context=context("audio", embeds.audio),
+            audio_context_negative=context("audio", embeds.negative_audio),
             video_guidance=video, audio_guidance=audio,
-            first_frame_latent=None if first_frame is None else first_frame.to(self.dtype),
+            first_frame_latent=None if condition.first_frame is None else condition.first_frame.to(self.dtype),
+            audio_duration_s=None if with_video else prompt.audio_seconds,
+            frozen_video_latents=condition.frozen_video, frozen_audio_latents=condition.frozen_audio,
         )  # fmt: skip
+
+
+def preview_roles(roles: ModalityRoles, prompt) -> ModalityRoles:
+    """What one prompt's preview does in a run of `roles`: the run's mode, except that a 1-frame prompt is a still
+    image (no sound), and that an A2V / V2A run samples a prompt without its --a / --v as joint T2AV."""
+    if roles.name == "t2a":
+        return roles
+    if prompt.num_frames == 1:
+        return roles_by_name("t2v")
+    if (roles.name == "a2v" and prompt.audio is None) or (roles.name == "v2a" and prompt.video is None):
+        return roles_by_name("t2av")
+    return roles
+
+
+def _condition(prompt, roles: ModalityRoles) -> Condition:
+    """The media a prompt's preview is conditioned on, in its mode."""
+    return Condition(
+        prompt.width, prompt.height, prompt.num_frames, prompt.frame_rate,
+        image=Path(prompt.image) if prompt.image and roles.generated("video") else None,
+        audio=Path(prompt.audio) if roles.frozen("audio") else None,
+        video=Path(prompt.video) if roles.frozen("video") else None,
+    )  # fmt: skip
+
+
+def _say_joint_previews(roles: ModalityRoles, prompts: list) -> None:
+    option = {"a2v": "--a AUDIO", "v2a": "--v VIDEO"}.get(roles.name)
+    joint = [i for i, p in enumerate(prompts) if option and p.num_frames > 1 and preview_roles(roles, p).name == "t2av"]
+    if joint:
+        print(
+            f"previews: prompt(s) {', '.join(map(str, joint))} have no {option} for this {roles.name.upper()} run; "
+            "they are sampled as joint audio and video (T2AV)",
+            flush=True,
+        )
 
 
 def _cached_embeds(prompts_file: Path, mode: str, version: str) -> tuple[list | None, str | None]:
@@ -196,29 +268,6 @@ def _encode_texts(prompts: list, gemma, info, mode: str, dtype: torch.dtype, dev
         return samples.encode_sample_prompts(prompts, encode)
     finally:
         text_encoder.unload()
-
-
-def _encode_first_frames(info, prompts: list, device: torch.device) -> list[torch.Tensor | None]:
-    """Each prompt's --i image fitted to its size (cover + centre crop, as dataset images) and encoded: a normalized
-    latent [128, 1, H/32, W/32] on the CPU, or None. The encoder is loaded only when a prompt has an image."""
-    if not any(prompt.image for prompt in prompts):
-        return [None] * len(prompts)
-    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
-    from ltx2_tuner.data.images import load_image
-    from ltx2_tuner.data.transforms import frames_to_model_input
-
-    latents = []
-    # fp32: a few single frames, and the latents are then cast to the compute dtype like the dataset's.
-    encoder = LatentEncoder(info, None, device, torch.float32, VaeTiling())
-    for prompt in prompts:
-        if prompt.image is None:
-            latents.append(None)
-            continue
-        pixels = load_image(prompt.image, size=(prompt.width, prompt.height))[None]  # [1, H, W, 3]
-        latents.append(encoder.encode_video(frames_to_model_input(pixels)[None])[0].cpu())
-    del encoder
-    _release_memory()
-    return latents
 
 
 @contextlib.contextmanager

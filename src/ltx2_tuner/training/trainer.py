@@ -168,12 +168,14 @@ def setup(args) -> Run:
     steps_per_epoch = acc.steps_per_epoch(batches_per_rank, args.gradient_accumulation_steps)
     total_steps = args.max_train_epochs * steps_per_epoch if args.max_train_epochs else args.max_train_steps
     fingerprint = {
-        "checkpoint": info.fingerprint, "mode": roles.name, "network_module": args.network_module,
+        "checkpoint": info.fingerprint, "mode": args.ltx_mode, "network_module": args.network_module,
         "rank": args.network_dim, "alpha": args.network_alpha, "targets": list(targets),
         "datasets": [dataset_digest(d) for d in datasets], "optimizer": args.optimizer_type,
         "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
         "batches_per_epoch": len(batches), "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }  # fmt: skip
+    if args.frozen_modality:  # only when set: states saved before the flag existed still resume
+        fingerprint["frozen_modality"] = args.frozen_modality
     model, optimizer = distributed.prepare(accelerator, model, optimizer, args.blocks_to_swap)
     state = ckpt.TrainState(fingerprint=fingerprint)
     if saved is not None:
