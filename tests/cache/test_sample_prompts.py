@@ -219,7 +219,7 @@ def test_audio_and_video_condition_options(tmp_path):
     for line, message in (
         ("a --a media/none.wav", r"^p:1: --a media/none.wav: audio file not found at .*none.wav; fix the path"),
         ("a --v", r"^p:1: --v needs a path to the video file"),
-        ("a --a media/voice.wav --v media/clip.mp4", r"^p:1: --a and --v together; a prompt conditions on one"),
+        ("a --a media/voice.wav --v media/clip.mp4", r"^p:1: --a and --v together; --v gives the whole video"),
         ("a --i media/first.png --v media/clip.mp4", r"^p:1: --i and --v together"),
         ("a --du 0.01", r"^p:1: --du 0.01 must be at least 0.04 seconds$"),
         ("a --du 2 --a media/voice.wav", r"^p:1: --du sets the length of audio-only previews"),

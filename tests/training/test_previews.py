@@ -296,9 +296,17 @@ def test_t2a_previews_write_wavs_and_load_no_video_vae(mode_prompts, tmp_path, l
     runner = _runner(mode_prompts, tmp_path, "audio", None)
     assert runner.request(2).video_context is None and runner.request(2).audio_duration_s == 0.6
     assert runner.request(0).audio_duration_s == 9 / 24  # without --du: --f / --fs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ltx2_tuner.training.metrics import MetricLogger
+
     model = load_transformer(mode_prompts["info"], mode="audio")
-    paths = runner.run(model, 5)
+    logger = MetricLogger(tmp_path / "logs", "tensorboard", {})
+    paths = runner.run(model, 5, logger)
+    logger.close()
     assert [p.name for p in paths] == [f"lora_step000005_{i:02d}.wav" for i in range(3)]
+    events = EventAccumulator(str(tmp_path / "logs"), size_guidance={"audio": 0}).Reload()
+    assert [e.step for e in events.Audio("preview/02_audio")] == [5]  # audio-only previews are logged too
     rate = 48000  # the LTX-2.3 vocoder
     with av.open(str(paths[2])) as container:
         stream = container.streams.audio[0]

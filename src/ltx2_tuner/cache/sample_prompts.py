@@ -25,7 +25,8 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
 
 Unset steps and guidance scales are None here; the preview fills in the model version's official defaults
 (sampling.defaults), so one prompt file serves both model families. --a and --v paths are relative to the prompt
-file's folder like --i; a prompt takes at most one of --i, --a and --v, and --du only without --a / --v. Options of
+file's folder like --i; --v excludes --i and --a (--i with --a is an I2V start for A2V), and --du goes without
+--a / --v. Options of
 another mode are not errors: the previews of a video-only run ignore --a, an audio-only run ignores --w/--h/--i.
 
 The cache, `{prompt file stem}_ltx2_sample_te.safetensors` beside the prompt file, holds per prompt i
@@ -181,12 +182,12 @@ def _check(sample: SamplePrompt, where: str) -> None:
     for name, scale in (("g", sample.guidance_scale), ("ga", sample.audio_guidance_scale)):
         if scale is not None and not scale >= 0:  # `not >=` also refuses nan
             raise DatasetError(f"{where}: --{name} {scale} must not be negative")
-    given = [f"--{option}" for name, (option, _) in _MEDIA_OPTIONS.items() if getattr(sample, name) is not None]
-    if len(given) > 1:
-        raise DatasetError(
-            f"{where}: {' and '.join(given)} together; a prompt conditions on one of them (--i: image-to-video, "
-            "--a: audio-to-video, --v: video-to-audio)"
-        )
+    for other, option in (("image", "i"), ("audio", "a")):
+        if sample.video is not None and getattr(sample, other) is not None:
+            raise DatasetError(
+                f"{where}: --{option} and --v together; --v gives the whole video (video-to-audio), so it takes "
+                f"no --{option}"
+            )
     if sample.duration_s is not None:
         if not sample.duration_s * 25 >= 1:  # 25 audio latents per second; `not >=` also refuses nan
             raise DatasetError(f"{where}: --du {sample.duration_s} must be at least 0.04 seconds")

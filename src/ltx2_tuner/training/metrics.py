@@ -75,22 +75,23 @@ class MetricLogger:
         self,
         tag: str,
         path: Path,
-        frames: torch.Tensor,
-        fps: float,
+        frames: torch.Tensor | None,
+        fps: float | None,
         step: int,
         audio: torch.Tensor | None = None,
         audio_rate: int | None = None,
     ) -> None:
-        """One preview: `path` (the written file), frames uint8 [F, H, W, 3], audio float [C, S] in [-1, 1].
+        """One preview: `path` (the written file), frames uint8 [F, H, W, 3] (None: an audio-only preview), audio
+        float [C, S] in [-1, 1].
 
         TensorBoard shows a clip with `add_video`, which needs moviepy; without it, the middle frame as an image. Its
         audio panel is mono, so the channels are averaged there. Weights & Biases gets the written file.
         """
         if self._tensorboard is not None:
             board = self._tensorboard
-            if frames.shape[0] > 1 and importlib.util.find_spec("moviepy") is not None:
+            if frames is not None and frames.shape[0] > 1 and importlib.util.find_spec("moviepy") is not None:
                 board.add_video(tag, frames.permute(0, 3, 1, 2)[None], step, fps=max(1, round(fps)))
-            else:
+            elif frames is not None:
                 board.add_image(tag, frames[frames.shape[0] // 2], step, dataformats="HWC")
             if audio is not None:
                 board.add_audio(f"{tag}_audio", audio.float().mean(0).clamp(-1, 1), step, sample_rate=audio_rate)
@@ -98,7 +99,10 @@ class MetricLogger:
         if self._wandb is not None:
             import wandb
 
-            media = wandb.Image(str(path)) if frames.shape[0] == 1 else wandb.Video(str(path), format="mp4")
+            if frames is None:
+                media = wandb.Audio(str(path))
+            else:
+                media = wandb.Image(str(path)) if frames.shape[0] == 1 else wandb.Video(str(path), format="mp4")
             self._wandb.log({tag: media}, step=step)
 
     def close(self) -> None:

@@ -145,7 +145,7 @@ class PreviewRunner:
         else:
             path = write_media(path, frames, prompt.frame_rate, audio, rate)
         tqdm.write(f"preview: {path}")
-        if logger is not None and frames is not None:  # the loggers take clips (an audio-only entry: not yet)
+        if logger is not None:
             logger.log_media(f"preview/{index:02d}", path, frames, prompt.frame_rate, step, audio, rate)
         return path
 
