@@ -12,12 +12,13 @@ PACKAGE = Path(ltx2_tuner.__file__).parent
 # Layer of each top-level module or folder; a module may import its own folder and strictly lower layers.
 LAYERS = {
     "errors": 0, "dtypes": 0, "flags": 0,
-    "models": 1, "data": 1,
-    "cache": 2, "networks": 2,
-    "sampling": 3,
-    "training": 4,
-    "testing": 5,
-    "cli": 6,
+    "roles": 1,
+    "models": 2, "data": 2,
+    "cache": 3, "networks": 3,
+    "sampling": 4,
+    "training": 5,
+    "testing": 6,
+    "cli": 7,
 }  # fmt: skip
 
 
