@@ -62,3 +62,34 @@ def test_demo_runs_ltx_2_5_from_its_split_pack(tmp_path):
     assert last < first
     assert (out / "lora" / "sample" / "demo_av_lora_step000040_00.mp4").is_file()
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_demo_t2a_trains_an_audio_lora_from_captioned_tones(tmp_path):
+    """`./demo.sh --mode t2a`: an audio dataset cached with --ltx_mode audio (audio VAE and audio connector only), an
+    audio-only LoRA (audio layers, the T2A preset), and a wav preview at the vocoder's rate."""
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "ltx2_tuner.cli.demo", "--out", str(out), "--steps", "60", "--mode", "t2a"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "done: 4 cached" in result.stdout and "done: 4 encoded" in result.stdout
+    assert result.stdout.count("--ltx_mode audio") == 3  # both caches and the training
+    lora = out / "lora" / "demo_t2a_lora.safetensors"
+    with safe_open(str(lora), framework="pt") as f:
+        keys, metadata = list(f.keys()), f.metadata()
+    assert metadata["training_mode"] == "t2a"
+    layers = {key.split(".")[3] for key in keys}
+    assert layers == {"audio_attn1", "audio_attn2", "audio_ff"}
+    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", result.stdout).groups())
+    assert last < first
+    preview = out / "lora" / "sample" / "demo_t2a_lora_step000060_00.wav"
+    assert f"demo: T2A preview at step 60: {preview}" in result.stdout
+    with av.open(str(preview)) as container:  # 1 s of stereo 16-bit audio from the LTX-2.3 vocoder (48 kHz)
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+        assert (stream.rate, stream.channels, stream.codec_context.name) == (48000, 2, "pcm_s16le")
+        assert abs(samples / 48000 - 1.0) < 0.05
+    assert not container.streams.video
+    assert "Traceback" not in result.stderr

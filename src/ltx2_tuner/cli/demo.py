@@ -2,7 +2,8 @@
 
 It writes a tiny random LTX-2.3 checkpoint in the official format and a tiny Gemma 3, a small synthetic dataset
 (moving shapes with a matching tone track, captions) and a preview prompt, caches latents (audio-video) and text (the
-preview prompt too), trains an AV LoRA, writes it in the official format and, at the last step, an AV preview mp4. Each step runs the same command, with the same flags, that a user runs on real
+preview prompt too), trains an AV LoRA, writes it in the official format and, at the last step, an AV preview mp4
+(`--mode t2a`: captioned tones, audio-only caches, an audio LoRA and a wav preview). Each step runs the same command, with the same flags, that a user runs on real
 models and data; the commands are printed as they go (run from the repository root, they work as printed).
 """
 
@@ -19,6 +20,8 @@ from ltx2_tuner.cli._common import run
 
 # One short AV preview: small, few steps, so it adds seconds (a real prompt file leaves size and steps at defaults).
 DEMO_PROMPT = "a bright square glides from left to right while a tone rises in pitch --w 96 --h 64 --f 17 --s 4 --d 7"
+# The audio-only demo's preview: one second of sound.
+DEMO_T2A_PROMPT = "a bright major chord held steady --du 1 --s 4 --d 7"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="model family (default 2.3); 2.5 runs from a split pack with its packed Gemma 4, as LTX 2.5 ships",
     )
     parser.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    parser.add_argument(
+        "--mode",
+        choices=("t2av", "t2a"),
+        default="t2av",
+        help="t2av (default): an audio-video LoRA on clips with sound; t2a: an audio-only LoRA (--ltx_mode audio) on "
+        "captioned tones, with a wav preview",
+    )
     return parser
 
 
@@ -44,7 +54,7 @@ def _step(command: str, argv: list[str], entry) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cli import cache_latents, cache_text_encoder_outputs, inspect_checkpoint, train_network
     from ltx2_tuner.testing import make_tiny
-    from ltx2_tuner.testing.demo_data import write_demo_dataset
+    from ltx2_tuner.testing.demo_data import write_demo_dataset, write_demo_tones
 
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
@@ -58,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint, text_encoder = make_tiny.make_tiny_paths(out, "unified"), ["--text_encoder", str(out / "gemma")]
     _step("python -m ltx2_tuner.testing.make_tiny", make_flags, make_tiny.main)
     _step("python -m ltx2_tuner.cli.inspect_checkpoint", [str(checkpoint)], inspect_checkpoint.main)
-    print(f"\n# synthetic dataset: clips with a moving square and a matching tone, captions -> {out / 'data'}")
-    config = write_demo_dataset(out / "data")
+    audio_only = args.mode == "t2a"
+    if audio_only:
+        print(f"\n# synthetic dataset: captioned tones (an audio dataset) -> {out / 'data'}")
+        config, mode, name = write_demo_tones(out / "data"), "audio", "demo_t2a_lora"
+    else:
+        print(f"\n# synthetic dataset: clips with a moving square and a matching tone, captions -> {out / 'data'}")
+        config, mode, name = write_demo_dataset(out / "data"), "av", "demo_av_lora"
     prompts = out / "data" / "sample_prompts.txt"
-    prompts.write_text(f"# the demo's preview\n{DEMO_PROMPT}\n", encoding="utf-8")
-    common = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--ltx_mode", "av"]
+    prompts.write_text(f"# the demo's preview\n{DEMO_T2A_PROMPT if audio_only else DEMO_PROMPT}\n", encoding="utf-8")
+    common = ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--ltx_mode", mode]
     cpu = ["--device", "cpu"]
     _step("python ltx2_cache_latents.py", [*common, *cpu, "--skip_existing"],
           cache_latents.main)  # fmt: skip
@@ -72,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
           cache_text_encoder_outputs.main)  # fmt: skip
     train_flags = [*common, "--mixed_precision", "no", "--network_dim", "8", "--network_alpha", "8",
                    "--learning_rate", "2e-3", "--max_train_steps", str(args.steps), "--save_every_n_steps",
-                   str(max(1, args.steps // 2)), "--output_dir", str(lora_dir), "--output_name", "demo_av_lora",
+                   str(max(1, args.steps // 2)), "--output_dir", str(lora_dir), "--output_name", name,
                    "--max_data_loader_n_workers", "0", "--log_with", "tensorboard",
                    "--sample_prompts", str(prompts), "--sample_every_n_steps", str(args.steps)]  # fmt: skip
     _step("python ltx2_train_network.py", train_flags, train_network.main)
@@ -80,13 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in (lora_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
     first, last = records[: max(1, len(records) // 5)], records[-max(1, len(records) // 5) :]
     mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    print(
-        f"\ndemo: done in {time.perf_counter() - start:.0f} s; LoRA {lora_dir / 'demo_av_lora.safetensors'} "
-        f"(official/ComfyUI format); loss {mean(first, 'loss'):.3f} -> {mean(last, 'loss'):.3f} "
-        f"(video {mean(first, 'loss_video'):.3f} -> {mean(last, 'loss_video'):.3f}, "
-        f"audio {mean(first, 'loss_audio'):.3f} -> {mean(last, 'loss_audio'):.3f})"
+    parts = ", ".join(
+        f"{modality} {mean(first, f'loss_{modality}'):.3f} -> {mean(last, f'loss_{modality}'):.3f}"
+        for modality in ("video", "audio")
+        if f"loss_{modality}" in records[0]
     )
-    print(f"demo: AV preview at step {args.steps}: {lora_dir / 'sample' / f'demo_av_lora_step{args.steps:06d}_00.mp4'}")
+    print(
+        f"\ndemo: done in {time.perf_counter() - start:.0f} s; LoRA {lora_dir / f'{name}.safetensors'} "
+        f"(official/ComfyUI format); loss {mean(first, 'loss'):.3f} -> {mean(last, 'loss'):.3f} ({parts})"
+    )
+    preview = lora_dir / "sample" / f"{name}_step{args.steps:06d}_00.{'wav' if audio_only else 'mp4'}"
+    print(f"demo: {'T2A' if audio_only else 'AV'} preview at step {args.steps}: {preview}")
     return 0
 
 
