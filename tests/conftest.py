@@ -47,3 +47,21 @@ def tiny_gemma_dir(tmp_path_factory) -> Path:
     from ltx2_tuner.testing.tiny_gemma import write_tiny_gemma
 
     return write_tiny_gemma(tmp_path_factory.mktemp("gemma") / "gemma")
+
+
+@pytest.fixture
+def loaded_decoders(monkeypatch) -> list[tuple[str, str]]:
+    """(component, part) of every VAE / vocoder loaded while the test runs (load_video_vae, load_audio_vae,
+    load_vocoder of ltx2_tuner.models)."""
+    from ltx2_tuner import models
+
+    calls = []
+    for name in ("load_video_vae", "load_audio_vae", "load_vocoder"):
+        real = getattr(models, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, kwargs.get("part", "")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(models, name, spy)
+    return calls

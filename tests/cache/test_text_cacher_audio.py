@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 import ltx2_tuner.models.loading as loading
 from ltx2_tuner.cache import text_cacher
@@ -21,6 +20,7 @@ from ltx2_tuner.errors import CheckpointError
 from ltx2_tuner.models.text_embeddings import connector_checkpoint, connector_input, load_text_embedder
 from ltx2_tuner.roles import roles_for
 from ltx2_tuner.testing.demo_data import write_captioned_stills
+from ltx2_tuner.testing.tiny_checkpoint import copy_without
 
 CAPTIONS = {"fox": "A red fox barks twice in the snow.", "cat": "a cat purrs"}
 # Official names of the video side of the text path: audio mode must never read them.
@@ -56,14 +56,6 @@ def _packed(info, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return packed, mask
 
 
-def _without(path: Path, out: Path, prefix: str) -> Path:
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(prefix)}  # noqa: SIM118
-    save_file(tensors, out, metadata=metadata)
-    return out
-
-
 @pytest.mark.parametrize("version", ["2.0", "2.3", "2.5"])
 def test_audio_embedder_equals_the_audio_half_of_the_av_call_and_reads_no_video_weight(
     tiny_checkpoints, reads, version
@@ -88,14 +80,16 @@ def test_audio_embedder_equals_the_audio_half_of_the_av_call_and_reads_no_video_
 
 def test_audio_mode_needs_only_the_audio_connector(tiny_checkpoints, tmp_path):
     full = tiny_checkpoints["2.3"].path
-    no_video = _without(full, tmp_path / "no_video.safetensors", VIDEO_NAMES[0])
-    no_video = _without(no_video, tmp_path / "no_video_at_all.safetensors", VIDEO_NAMES[1])
+    no_video = copy_without(full, tmp_path / "no_video.safetensors", VIDEO_NAMES[0])
+    no_video = copy_without(no_video, tmp_path / "no_video_at_all.safetensors", VIDEO_NAMES[1])
     packed, mask = _packed(connector_checkpoint(full), seed=8)
     expected = load_text_embedder(connector_checkpoint(full), "av", torch.float32)(packed, mask)[1]
     assert torch.equal(load_text_embedder(connector_checkpoint(no_video), "audio", torch.float32)(packed, mask)[1],
                        expected)  # fmt: skip
 
-    no_audio = _without(full, tmp_path / "no_audio.safetensors", "model.diffusion_model.audio_embeddings_connector.")
+    no_audio = copy_without(
+        full, tmp_path / "no_audio.safetensors", "model.diffusion_model.audio_embeddings_connector."
+    )
     with pytest.raises(CheckpointError) as error:
         load_text_embedder(connector_checkpoint(no_audio), "audio")
     message = str(error.value)

@@ -19,23 +19,6 @@ PROMPT = "a dog barks twice"
 FAST = ["--steps", "1", "--device", "cpu", "--mixed_precision", "no", "--prompt", PROMPT]
 
 
-@pytest.fixture
-def loaded(monkeypatch) -> list[tuple[str, str]]:
-    """(component, part) of every VAE / vocoder the run loads."""
-    from ltx2_tuner import models
-
-    calls = []
-    for name in ("load_video_vae", "load_audio_vae", "load_vocoder"):
-        real = getattr(models, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            calls.append((_name, kwargs.get("part", "")))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(models, name, spy)
-    return calls
-
-
 def _generate(checkpoint: Path, gemma: Path, output: Path, *flags: str) -> int:
     argv = ["--ltx2_checkpoint", str(checkpoint), "--gemma_root", str(gemma), *FAST, "--output", str(output)]
     return run(main, [*argv, *flags])
@@ -57,7 +40,7 @@ def _dominant_hz(samples: np.ndarray, rate: int) -> float:
 
 @pytest.mark.parametrize(("version", "suffix", "rate"), [("2.3", ".wav", 48000), ("2.0", ".mp3", 24000)])
 def test_t2a_writes_sound_at_the_vocoder_rate_and_never_loads_the_video_vae(
-    tiny_checkpoints, tiny_gemma_dir, tmp_path, loaded, version, suffix, rate
+    tiny_checkpoints, tiny_gemma_dir, tmp_path, loaded_decoders, version, suffix, rate
 ):
     output = tmp_path / f"bark{suffix}"
     flags = ("--ltx_mode", "audio", "--duration", "0.6")
@@ -73,8 +56,8 @@ def test_t2a_writes_sound_at_the_vocoder_rate_and_never_loads_the_video_vae(
         assert samples == expected
     else:  # the mp3 decoder may keep the encoder's padding: within one MP3 frame
         assert expected <= samples <= expected + 1152
-    assert ("load_video_vae", "decoder") not in loaded and ("load_video_vae", "encoder") not in loaded
-    assert ("load_vocoder", "") in loaded
+    assert ("load_video_vae", "decoder") not in loaded_decoders and ("load_video_vae", "encoder") not in loaded_decoders
+    assert ("load_vocoder", "") in loaded_decoders
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +67,7 @@ def tone_file(tmp_path_factory) -> Path:
 
 
 def test_a2v_makes_video_for_the_audio_and_muxes_that_audio(tiny_checkpoints, tiny_gemma_dir, tmp_path, tone_file,
-                                                            loaded):  # fmt: skip
+                                                            loaded_decoders):  # fmt: skip
     output = tmp_path / "a2v.mp4"
     flags = ("--audio", str(tone_file), "--width", "64", "--height", "64")
     assert _generate(tiny_checkpoints["2.3"].path, tiny_gemma_dir, output, *flags) == 0
@@ -97,11 +80,11 @@ def test_a2v_makes_video_for_the_audio_and_muxes_that_audio(tiny_checkpoints, ti
     assert abs(_dominant_hz(samples, rate) - 660.0) < 10.0  # the source tone, not a vocoder re-synthesis
     rms = float(np.sqrt((samples**2).mean()))
     assert abs(rms - 0.5 / np.sqrt(2)) < 0.05  # the source's level (a 0.5 sine)
-    assert not any(name == "load_vocoder" for name, _ in loaded)  # the audio is not decoded
-    assert ("load_audio_vae", "encoder") in loaded and ("load_audio_vae", "decoder") not in loaded
+    assert not any(name == "load_vocoder" for name, _ in loaded_decoders)  # the audio is not decoded
+    assert ("load_audio_vae", "encoder") in loaded_decoders and ("load_audio_vae", "decoder") not in loaded_decoders
 
 
-def test_v2a_makes_sound_for_the_clip_and_keeps_its_frames(tiny_checkpoints, tiny_gemma_dir, tmp_path, loaded):
+def test_v2a_makes_sound_for_the_clip_and_keeps_its_frames(tiny_checkpoints, tiny_gemma_dir, tmp_path, loaded_decoders):
     clip = write_video(tmp_path / "clip.mp4", 14, 25, 96, 64)  # 14 frames at 25 fps: 9 by default, at 25 fps
     output = tmp_path / "v2a.mp4"
     flags = ("--video", str(clip), "--width", "64", "--height", "64")
@@ -115,8 +98,8 @@ def test_v2a_makes_sound_for_the_clip_and_keeps_its_frames(tiny_checkpoints, tin
     assert np.abs(written.astype(float) - source.astype(float)).mean() < 4.0  # H.264 at CRF 18
     samples, rate = _audio_stream(output)
     assert rate == 48000 and abs(samples.shape[1] / rate - 9 / 25) <= 1 / 25
-    assert ("load_video_vae", "encoder") in loaded and ("load_video_vae", "decoder") not in loaded
-    assert ("load_vocoder", "") in loaded
+    assert ("load_video_vae", "encoder") in loaded_decoders and ("load_video_vae", "decoder") not in loaded_decoders
+    assert ("load_vocoder", "") in loaded_decoders
 
 
 @pytest.mark.parametrize(

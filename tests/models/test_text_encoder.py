@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +26,7 @@ from ltx2_tuner.models.text_encoder import (
     load_gemma,
     tokenize,
 )
+from ltx2_tuner.testing.tiny_checkpoint import copy_without
 
 PAD, EOS, BOS = 0, 1, 2  # the tiny tokenizer's special ids (Gemma's)
 
@@ -167,16 +167,10 @@ def test_video_mode_is_bit_identical_to_the_av_call(tiny, dtype):
     assert torch.equal(video_mask, av_mask) and video_mask.eq(1).all()  # registers fill the padding
 
 
-def _without(path: Path, out: Path, prefix: str) -> Path:
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(prefix)}  # noqa: SIM118
-    save_file(tensors, out, metadata=metadata)
-    return out
-
-
 def test_video_mode_does_not_need_the_audio_connector(tiny, tmp_path):
-    path = _without(tiny.path, tmp_path / "no_audio.safetensors", "model.diffusion_model.audio_embeddings_connector.")
+    path = copy_without(
+        tiny.path, tmp_path / "no_audio.safetensors", "model.diffusion_model.audio_embeddings_connector."
+    )
     info = connector_checkpoint(path)
     embedder = load_text_embedder(info, "video", torch.float32)
     assert embedder.connectors.audio_connector is None
@@ -194,7 +188,7 @@ def test_connectors_from_a_bare_component_file(tiny, tmp_path):
     with safe_open(str(tiny.path), framework="pt") as f:
         names = [k for k in f.keys() if "embeddings_connector" in k or k.startswith("text_embedding_projection")]  # noqa: SIM118
         save_file({k: f.get_tensor(k) for k in names}, tmp_path / "connectors.safetensors")
-    without = _without(tiny.path, tmp_path / "main.safetensors", "text_embedding_projection.")
+    without = copy_without(tiny.path, tmp_path / "main.safetensors", "text_embedding_projection.")
     with pytest.raises(CheckpointError, match=r"text_embedding_projection\."):
         load_text_embedder(connector_checkpoint(without), "video")
     info = connector_checkpoint(without, tmp_path / "connectors.safetensors")

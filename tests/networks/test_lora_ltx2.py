@@ -51,6 +51,24 @@ def _saved(tmp_path, model, name, **edits):
     return path
 
 
+def _diffusers_reproduces(checkpoint, model, lora_path):
+    """diffusers' LTX-2 transformer with the LoRA file loaded by its LoRA loader gives our model's outputs (within
+    1e-5); returns (our outputs, the inputs)."""
+    from diffusers.loaders.lora_pipeline import LTX2LoraLoaderMixin
+
+    state_dict = LTX2LoraLoaderMixin.lora_state_dict(str(lora_path))
+    state_dict = state_dict[0] if isinstance(state_dict, tuple) else state_dict
+    plain = load_transformer_backbone(checkpoint)
+    plain.load_lora_adapter(state_dict, prefix="transformer", adapter_name="ours")
+    video, audio = make_inputs(model.config)
+    with torch.no_grad():
+        ours = model(video, audio)
+        theirs = diffusers_forward(plain, video, audio, uniform=True)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    return ours, (video, audio)
+
+
 def test_presets_select_the_expected_layers(tiny_checkpoints):
     model = load_transformer(tiny_checkpoints["2.3"].path, mode="av")
     layers = 2
@@ -119,18 +137,7 @@ def test_saved_file_is_official_and_diffusers_reproduces_our_output(tiny_checkpo
         metadata["lora_rank"] == "4" and metadata["lora_alpha"] == "8.0" and metadata["base_model_version"] == version
     )
 
-    from diffusers.loaders.lora_pipeline import LTX2LoraLoaderMixin
-
-    state_dict = LTX2LoraLoaderMixin.lora_state_dict(str(path))
-    state_dict = state_dict[0] if isinstance(state_dict, tuple) else state_dict
-    plain = load_transformer_backbone(tiny.path)
-    plain.load_lora_adapter(state_dict, prefix="transformer", adapter_name="ours")
-    video, audio = make_inputs(model.config)
-    with torch.no_grad():
-        ours = model(video, audio)
-        theirs = diffusers_forward(plain, video, audio, uniform=True)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    ours, (video, audio) = _diffusers_reproduces(tiny.path, model, path)
     with torch.no_grad():
         base_out = diffusers_forward(load_transformer_backbone(tiny.path), video, audio, uniform=True)
     assert (ours[0] - base_out[0]).abs().max() > 1e-3  # the LoRA does change the output
@@ -317,18 +324,7 @@ def test_mode_default_presets_select_the_documented_layers_and_diffusers_reprodu
     av_model, spec, _ = _network(tiny.path, mode="av", args=[f"preset={roles.default_preset}"])
     path = tmp_path / "lora.safetensors"
     lora.save_lora(path, av_model.backbone, spec, {}, dtype=torch.float32)
-    from diffusers.loaders.lora_pipeline import LTX2LoraLoaderMixin
-
-    state_dict = LTX2LoraLoaderMixin.lora_state_dict(str(path))
-    state_dict = state_dict[0] if isinstance(state_dict, tuple) else state_dict
-    plain = load_transformer_backbone(tiny.path)
-    plain.load_lora_adapter(state_dict, prefix="transformer", adapter_name="ours")
-    video, audio = make_inputs(av_model.config)
-    with torch.no_grad():
-        ours = av_model(video, audio)
-        theirs = diffusers_forward(plain, video, audio, uniform=True)
-    for a, b in zip(ours, theirs, strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    _diffusers_reproduces(tiny.path, av_model, path)
 
 
 def test_an_audio_only_lora_merged_into_an_av_build_changes_only_audio_weights(tiny_checkpoints, tmp_path):

@@ -274,23 +274,7 @@ def _runner(mode_prompts, tmp_path, ltx_mode: str, frozen: str | None):
     return PreviewRunner.prepare(args, model_files(mode_prompts["info"]), _Accelerator(), torch.float32)
 
 
-@pytest.fixture
-def loaded(monkeypatch) -> list[tuple[str, str]]:
-    from ltx2_tuner import models
-
-    calls = []
-    for name in ("load_video_vae", "load_audio_vae", "load_vocoder"):
-        real = getattr(models, name)
-
-        def spy(*args, _real=real, _name=name, **kwargs):
-            calls.append((_name, kwargs.get("part", "")))
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(models, name, spy)
-    return calls
-
-
-def test_t2a_previews_write_wavs_and_load_no_video_vae(mode_prompts, tmp_path, loaded):
+def test_t2a_previews_write_wavs_and_load_no_video_vae(mode_prompts, tmp_path, loaded_decoders):
     from ltx2_tuner.models import load_transformer
 
     runner = _runner(mode_prompts, tmp_path, "audio", None)
@@ -313,7 +297,7 @@ def test_t2a_previews_write_wavs_and_load_no_video_vae(mode_prompts, tmp_path, l
         samples = sum(frame.samples for frame in container.decode(audio=0))
         assert stream.rate == rate and stream.channels == 2 and stream.codec_context.name == "pcm_s16le"
     assert samples == (4 * round(0.6 * 25) - 3) * rate // 100  # latents of 4 mel frames of 10 ms, less 3
-    assert not any(name == "load_video_vae" for name, _ in loaded)
+    assert not any(name == "load_video_vae" for name, _ in loaded_decoders)
 
 
 def test_a2v_and_v2a_previews_use_the_prompts_media_and_sample_the_others_jointly(mode_prompts, tmp_path, capsys):

@@ -7,42 +7,20 @@ import json
 
 import pytest
 import torch
+from _fixed_loss import fixed_batch_loss
 from safetensors.torch import load_file
 
-from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cli._common import run
 from ltx2_tuner.cli.train_network import main
-from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.models import load_transformer
-from ltx2_tuner.networks import lora_ltx2
 from ltx2_tuner.testing.keyframe_probe import expected_addition, keyframe_probe
 from ltx2_tuner.testing.synthetic_caches import write_synthetic_dataset
-from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
 
 
 def _train(checkpoint, config, output, *flags) -> int:
     return run(main, ["--dataset_config", str(config), "--ltx2_checkpoint", str(checkpoint), "--mixed_precision", "no",
                       "--network_dim", "4", "--network_alpha", "4", "--output_dir", str(output),
                       "--max_data_loader_n_workers", "0", "--log_with", "none", *flags])  # fmt: skip
-
-
-def _eval_loss(checkpoint, config, mode, lora_file=None, network_args=("preset=full",), rank=4) -> float:
-    """Loss on every batch with fixed noise and sigmas (seeded), for the base model or base + LoRA."""
-    model = load_transformer(checkpoint, mode=mode)
-    if lora_file is not None:
-        targets = lora_ltx2.select_targets(model.backbone, mode, list(network_args))
-        lora_ltx2.add_lora(model.backbone, lora_ltx2.LoraSpec(rank, float(rank), 0.0, targets))
-        lora_ltx2.load_lora_weights(lora_file, model.backbone)
-    batches = CachedBatches(load_dataset_config(config), mode)
-    generator = torch.Generator().manual_seed(1234)
-    flow = FlowSettings(sampler="uniform", first_frame_p=0.0)
-    losses = []
-    with torch.no_grad():
-        for _ in range(4):
-            for index in range(len(batches)):
-                inputs = prepare_inputs(batches[index], mode, flow, generator, torch.device("cpu"), torch.float32)
-                losses.append(compute_loss(model(inputs.video, inputs.audio), inputs, flow)[0].item())
-    return sum(losses) / len(losses)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +38,8 @@ def test_overfitting_two_clips_lowers_the_loss(small_checkpoint, tmp_path, mode)
     assert _train(checkpoint, config, tmp_path / "out", "--ltx_mode", mode, "--max_train_steps", "200",
                   "--learning_rate", "3e-3", "--network_args", "preset=full") == 0  # fmt: skip
     lora_file = tmp_path / "out" / "ltx2_lora.safetensors"
-    before = _eval_loss(checkpoint, config, mode)
-    after = _eval_loss(checkpoint, config, mode, lora_file)
+    before = fixed_batch_loss(checkpoint, config, mode)
+    after = fixed_batch_loss(checkpoint, config, mode, lora_file, network_args=["preset=full"])
     assert after < 0.7 * before, (before, after)
 
 

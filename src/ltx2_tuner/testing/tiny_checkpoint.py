@@ -115,3 +115,16 @@ def _quantize_official(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         else:
             out[name] = tensor
     return out
+
+
+def copy_without(path: Path, out: Path, prefix: str) -> Path:
+    """A copy of the checkpoint `path` at `out` (same metadata) without the tensors whose name starts with `prefix`:
+    a file that lacks a component, for tests of what a command needs."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith(prefix)}  # noqa: SIM118
+    save_file(tensors, str(out), metadata=metadata)
+    return out
