@@ -14,7 +14,7 @@ LAYERS = {
     "errors": 0, "dtypes": 0, "flags": 0,
     "roles": 1,
     "models": 2, "data": 2,
-    "cache": 3, "networks": 3,
+    "cache": 3, "networks": 3, "conditioning": 3,
     "sampling": 4,
     "training": 5,
     "testing": 6,

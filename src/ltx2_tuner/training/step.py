@@ -19,10 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ltx2_tuner.conditioning.spec import Condition
+from ltx2_tuner.conditioning.tokens import TokenGrid
 from ltx2_tuner.models import ModalityInput, audio_positions, patchify_audio, patchify_video, video_positions
 from ltx2_tuner.models.keyframes import first_frame_keyframes_mask
 from ltx2_tuner.roles import ModalityRoles, roles_for
 from ltx2_tuner.training import flow_matching as fm
+from ltx2_tuner.training.conditioned import intrinsic_clean_mask, with_reference
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class FlowSettings:
     video_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
     first_frame_keyframe: bool = True  # mark the first latent frame for LTX 2.5's keyframe embedding
+    conditions: tuple[Condition, ...] = ()  # the dataset config's [[conditions]] (first_frame: first_frame_p instead)
 
 
 @dataclass(frozen=True)
@@ -77,12 +81,12 @@ def prepare_inputs(
     video_part = audio_part = _Part()
     if roles.present("video") and "latents" in batch:
         context = conditions["video_prompt_embeds"].to(device=device, dtype=dtype)
-        video, video_part = _video_input(batch["latents"], roles.generated("video"), context, mask, flow, generator,
+        video, video_part = _video_input(batch, roles.generated("video"), context, mask, flow, generator,
                                          device, dtype)  # fmt: skip
     if roles.present("audio") and "audio_latents" in batch:
         context = conditions["audio_prompt_embeds"].to(device=device, dtype=dtype)
         shared_sigma = None if flow.independent_audio_sigma else video_part.sigma
-        audio, audio_part = _audio_input(batch["audio_latents"], roles.generated("audio"), context, mask, flow,
+        audio, audio_part = _audio_input(batch, roles.generated("audio"), context, mask, flow,
                                          generator, shared_sigma, device, dtype)  # fmt: skip
     return StepInputs(
         video, audio, video_part.target, audio_part.target, video_part.loss_mask, audio_part.loss_mask,
@@ -105,7 +109,8 @@ def _frozen(latents: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.zeros(batch_size, device=device), torch.zeros(batch_size, num_tokens, device=device)
 
 
-def _video_input(latents: dict, generated: bool, context, mask, flow: FlowSettings, generator, device, dtype):
+def _video_input(batch: dict, generated: bool, context, mask, flow: FlowSettings, generator, device, dtype):
+    latents = batch["latents"]
     x0 = patchify_video(latents["latents"]).to(device=device, dtype=dtype)
     batch_size, num_tokens, _ = x0.shape
     frames, height, width = latents["num_frames"], latents["height"], latents["width"]
@@ -122,17 +127,28 @@ def _video_input(latents: dict, generated: bool, context, mask, flow: FlowSettin
         conditioning = fm.first_frame_conditioning(
             batch_size, height * width, num_tokens, flow.first_frame_p, generator
         )
-    timesteps = fm.per_token_timesteps(sigma, conditioning, num_tokens).to(device)
+    grid = TokenGrid(frames, height, width)
+    conditioning = _union(conditioning, intrinsic_clean_mask(flow.conditions, "video", grid, batch, batch_size,
+                                                             generator))  # fmt: skip
+    timesteps = fm.per_token_timesteps(sigma, conditioning, num_tokens).to(device)  # clean tokens: timestep 0
     noise = _draw(x0.shape, generator, device, dtype)
     video = ModalityInput(
         fm.add_noise(x0, noise, timesteps), sigma.to(device), timesteps, positions, context, mask, keyframes
     )
+    video = with_reference(flow.conditions, "video", video, grid, batch, generator)
     loss_mask = None if conditioning is None else ~conditioning.to(device)
     return video, _Part(fm.velocity_target(x0, noise), loss_mask, sigma)
 
 
-def _audio_input(latents: dict, generated: bool, context, mask, flow: FlowSettings, generator, shared_sigma,
+def _union(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+    if first is None or second is None:
+        return second if first is None else first
+    return first | second
+
+
+def _audio_input(batch: dict, generated: bool, context, mask, flow: FlowSettings, generator, shared_sigma,
                  device, dtype):  # fmt: skip
+    latents = batch["audio_latents"]
     a0 = patchify_audio(latents["latents"]).to(device=device, dtype=dtype)
     batch_size, num_tokens, _ = a0.shape
     positions = audio_positions(batch_size, num_tokens, device=device)
@@ -142,10 +158,15 @@ def _audio_input(latents: dict, generated: bool, context, mask, flow: FlowSettin
     sigma = shared_sigma
     if sigma is None:  # its own sigma, from its own token count (official)
         sigma = fm.sample_sigmas(flow.sampler, batch_size, num_tokens, generator, flow.shift, flow.sigmoid_scale)
-    timesteps = fm.per_token_timesteps(sigma, None, num_tokens).to(device)
+    grid = TokenGrid(num_tokens)
+    conditioning = intrinsic_clean_mask(flow.conditions, "audio", grid, batch, batch_size, generator)
+    timesteps = fm.per_token_timesteps(sigma, conditioning, num_tokens).to(device)
     noise = _draw(a0.shape, generator, device, dtype)
     audio = ModalityInput(fm.add_noise(a0, noise, timesteps), sigma.to(device), timesteps, positions, context, mask)
+    audio = with_reference(flow.conditions, "audio", audio, grid, batch, generator)
     loss_mask = fm.audio_loss_mask(latents["lengths"].to(device), num_tokens)
+    if conditioning is not None:
+        loss_mask = loss_mask & ~conditioning.to(device)
     return audio, _Part(fm.velocity_target(a0, noise), loss_mask, sigma)
 
 
@@ -160,7 +181,8 @@ def compute_loss(
         ("audio", predictions[1], inputs.audio_target, inputs.audio_loss_mask, flow.audio_loss_weight),
     ):
         if prediction is not None and target is not None:
-            parts[name] = fm.masked_mse(prediction, target, mask)
+            # Only the target's tokens: prepended reference tokens are never in the loss (official).
+            parts[name] = fm.masked_mse(prediction[:, -target.shape[1] :], target, mask)
             total = total + weight * parts[name]
     if not parts:
         raise ValueError("the batch has no generated modality to train on")

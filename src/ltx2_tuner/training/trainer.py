@@ -10,6 +10,7 @@ counted here (training/accumulation.py): the last, smaller group of an epoch mak
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import time
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cache.latent_plan import dataset_digest
+from ltx2_tuner.conditioning.spec import check_conditions, load_conditions
 from ltx2_tuner.data.config import load_dataset_config
 from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
@@ -38,6 +40,7 @@ from ltx2_tuner.roles import ModalityRoles, roles_for
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training import distributed
+from ltx2_tuner.training.conditioned import reference_metadata
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
 from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
@@ -86,6 +89,7 @@ class Run:
     weight_dtype: torch.dtype
     previews: PreviewRunner | None  # with --sample_prompts
     roles: ModalityRoles
+    condition_metadata: dict  # trained conditions and reference scale factors, for the LoRA file
     model_version: str = ""  # "2.0", "2.3" or "2.5": recorded in the LoRA files
 
 
@@ -110,6 +114,10 @@ def setup(args) -> Run:
         num_blocks = transformer_config(info.configs[CONFIG_SECTION["transformer"]])["num_layers"]
         check_swap_count(num_blocks, args.blocks_to_swap)
     datasets = load_dataset_config(args.dataset_config)
+    conditions = load_conditions(args.dataset_config)  # one line per mistake, before anything loads
+    problems = check_conditions(conditions, roles)
+    if problems:
+        raise ConfigError(f"{args.dataset_config}: " + "; ".join(problems))
     # No gradient_accumulation_steps here: accelerate cannot see the end of our per-epoch DataLoader, so its counter
     # would let the last, smaller group of an epoch spill into the next one. The loop counts groups itself.
     accelerator = Accelerator(
@@ -143,6 +151,7 @@ def setup(args) -> Run:
     )  # fmt: skip
     context_dim = context_dims(model.config)[0]
     batches = CachedBatches(datasets, roles, args.seed, args.dataset_config, info.version, context_dim)
+    condition_metadata = reference_metadata(batches, conditions)
 
     network_module = importlib.import_module(args.network_module)
     targets = network_module.select_targets(model.backbone, roles, args.network_args)
@@ -176,6 +185,8 @@ def setup(args) -> Run:
     }  # fmt: skip
     if args.frozen_modality:  # only when set: states saved before the flag existed still resume
         fingerprint["frozen_modality"] = args.frozen_modality
+    if conditions:
+        fingerprint["conditions"] = [dataclasses.asdict(c) for c in conditions]
     model, optimizer = distributed.prepare(accelerator, model, optimizer, args.blocks_to_swap)
     state = ckpt.TrainState(fingerprint=fingerprint)
     if saved is not None:
@@ -183,13 +194,17 @@ def setup(args) -> Run:
     logger = None
     if accelerator.is_main_process:
         logger = MetricLogger(args.logging_dir or args.output_dir / "logs", args.log_with, vars(args), state.step)
+    # A first_frame condition in the dataset config sets the first-frame probability (the flag's otherwise).
+    first_frame = next((c.probability for c in conditions if c.type == "first_frame"), None)
     flow = FlowSettings(
-        args.timestep_sampling, args.discrete_flow_shift, args.sigmoid_scale, args.ltx2_first_frame_conditioning_p,
+        args.timestep_sampling, args.discrete_flow_shift, args.sigmoid_scale,
+        args.ltx2_first_frame_conditioning_p if first_frame is None else first_frame,
         args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight, args.first_frame_keyframe,
+        tuple(c for c in conditions if c.type != "first_frame"),
     )  # fmt: skip
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
                total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews, roles,
-               info.version)  # fmt: skip
+               condition_metadata, info.version)  # fmt: skip
 
 
 def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
@@ -382,6 +397,7 @@ def _lora_metadata(run: Run) -> dict:
         VERSION_KEY: run.model_version,
         "ltx_mode": args.ltx_mode,
         "training_mode": run.roles.name,  # t2v, t2av, t2a, a2v or v2a
+        **run.condition_metadata,
         "training_step": str(run.state.step),
         "training_settings": json.dumps(
             {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}, sort_keys=True
