@@ -14,10 +14,18 @@ from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
 
 
 def fixed_batch_loss(
-    checkpoint, config, roles: ModalityRoles | str, lora_file=None, network_args=None, rank: int = 4, rounds: int = 4
+    checkpoint,
+    config,
+    roles: ModalityRoles | str,
+    lora_file=None,
+    network_args=None,
+    rank: int = 4,
+    rounds: int = 4,
+    conditions=(),
 ) -> float:
     """Mean over `rounds` passes of every batch of the summed loss of the generated modalities (uniform sigmas, no
-    first-frame conditioning); the LoRA is built with `network_args` (default: the mode's preset)."""
+    first-frame conditioning, the given conditions); the LoRA is built with `network_args` (default: the mode's
+    preset)."""
     roles = roles_for(roles) if isinstance(roles, str) else roles
     model = load_transformer(checkpoint, mode=roles.build)
     if lora_file is not None:
@@ -26,7 +34,7 @@ def fixed_batch_loss(
         lora_ltx2.load_lora_weights(lora_file, model.backbone)
     batches = CachedBatches(load_dataset_config(config), roles)
     generator = torch.Generator().manual_seed(1234)
-    flow = FlowSettings(sampler="uniform", first_frame_p=0.0)
+    flow = FlowSettings(sampler="uniform", first_frame_p=0.0, conditions=tuple(conditions))
     losses = []
     with torch.no_grad():
         for _ in range(rounds):

@@ -8,9 +8,14 @@
     batch["conditions"]     {"video_prompt_embeds": [B, L, Dv], "audio_prompt_embeds": [B, L, Da] (of the present
                              modalities), "prompt_attention_mask": [B, L]}
     batch["items"]          cache keys of the batch, for messages
+    batch["reference_latents"]        {"latents": [B, 128, F_r, H_r, W_r], "fps": [B]}  (datasets with references)
+    batch["reference_audio_latents"]  {"latents": [B, 8, T_r, 16], "lengths": [B]}
+    batch["video_mask"]     [B, F, H, W] float32, 1 = a conditioning (clean) token, 0 = generated (datasets with masks)
+    batch["audio_mask"]     [B, T] float32, same meaning
 
 Which modalities are present comes from the modality roles (roles.py); T2A batches have no "latents".
-A batch never mixes datasets or shapes (latent frames x height x width, and audio length when audio is present). The order of
+A batch never mixes datasets or shapes (latent frames x height x width, audio length when audio is present, the
+reference's shape when there is one). The order of
 items and batches is shuffled per epoch from (seed, epoch). Every cache file is checked when the dataset is built
 (`cached_items.scan_cached_items`), so loading a batch cannot meet a missing key or a truncated file made before the
 run. Facts: ../shared/spec/000_bbc565df5d3dfba0.txt "How caches are merged into a batch".
@@ -118,4 +123,25 @@ class CachedBatches(Dataset):
                 "latents": torch.stack([a["audio_latents"] for a in audio]),
                 "lengths": torch.cat([a["audio_lengths_int32"].reshape(1) for a in audio]).long(),
             }
-        return batch
+        return batch | _partner_entries(items)
+
+
+def _partner_entries(items: list[CachedItem]) -> dict:
+    """The batch keys of the items' references and masks (a dataset has them for all its items or none)."""
+    entries = {}
+    if items[0].reference_path is not None:
+        entries["reference_latents"] = {
+            "latents": torch.stack([_load(item.reference_path)["latents"] for item in items]),
+            "fps": torch.tensor([item.reference_fps for item in items], dtype=torch.float32),
+        }
+    if items[0].reference_audio_path is not None:
+        audio = [_load(item.reference_audio_path) for item in items]
+        entries["reference_audio_latents"] = {
+            "latents": torch.stack([a["audio_latents"] for a in audio]),
+            "lengths": torch.cat([a["audio_lengths_int32"].reshape(1) for a in audio]).long(),
+        }
+    if items[0].mask_path is not None:
+        entries["video_mask"] = torch.stack([_load(item.mask_path)["mask"] for item in items])
+    if items[0].audio_mask_path is not None:
+        entries["audio_mask"] = torch.stack([_load(item.audio_mask_path)["audio_mask"] for item in items])
+    return entries

@@ -6,6 +6,10 @@ present, and its text cache with the embeddings of the present modalities. Each 
 fields, tensor keys and shapes are checked, and it must match the media, the model and the mode. Every problem is
 collected and reported in one CacheError, a line per file naming what is wrong and the command that rewrites it,
 so a run never fails later inside a DataLoader worker on a missing key.
+
+Datasets with references or masks (docs/dataset-config.md "References and masks") need each item's partner caches
+too (cache.partner_jobs): `{key}_ltx2_ref`, `_ltx2_mask` when video is present, `_ltx2_ref_audio`, `_ltx2_audio_mask`
+when audio is; each must have been made from the current partner file for the same window and bucket as the item.
 """
 
 from __future__ import annotations
@@ -19,9 +23,17 @@ from pathlib import Path
 
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import AUDIO_FINGERPRINT_FIELDS, dataset_digest
+from ltx2_tuner.cache.partner_jobs import (
+    AUDIO_PARTNERS,
+    PICTURE_PARTNERS,
+)
+from ltx2_tuner.cache.partner_jobs import (
+    FINGERPRINT_FIELDS as PARTNER_FIELDS,
+)
 from ltx2_tuner.cache.store import fingerprint_from_metadata, source_stamp
 from ltx2_tuner.data.config import DatasetConfig
-from ltx2_tuner.data.items import list_media, read_caption
+from ltx2_tuner.data.items import declared_partners, find_partner, list_media, read_caption
+from ltx2_tuner.data.masks import AUDIO_MASK_RULES, VIDEO_MASK_RULES
 from ltx2_tuner.errors import CacheError, CheckpointError, DatasetError
 from ltx2_tuner.models.model_files import latent_space
 from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header, read_tensors
@@ -29,7 +41,7 @@ from ltx2_tuner.roles import ModalityRoles
 
 _WINDOW_KEY = re.compile(r"^(?P<stem>.+)_\d{5}-\d{3}$")
 DTYPE_SUFFIX = re.compile(r"_(bfloat16|float16|float32|float64|float8_e4m3fn|float8_e5m2)$")
-SHAPED_KEY = re.compile(r"^(?P<name>latents|audio_latents)_(?P<shape>\d+(x\d+)*)$")
+SHAPED_KEY = re.compile(r"^(?P<name>latents|audio_latents|mask|audio_mask)_(?P<shape>\d+(x\d+)*)$")
 # Fingerprint fields each kind of cache file is written with (ltx2_cache_latents.py / the text cacher).
 LATENT_FIELDS = ("source", "checkpoint", "dataset", "bucket", "window", "fps")
 # Audio latents depend on the source, its window and the audio VAE only (not the video VAE or the frame size), so an
@@ -48,8 +60,13 @@ class CachedItem:
     audio_path: Path | None  # None when audio is absent (T2V), and for image items
     text_path: Path
     fps: float
-    shape: tuple[int, ...]  # latent (F, H, W) when video is present, plus the audio length when audio is: items of
-    # one shape batch together
+    shape: tuple[int, ...]  # latent (F, H, W) when video is present, plus the audio length when audio is, plus the
+    # reference's (F, H, W) / audio length when there is one: items of one shape batch together
+    reference_path: Path | None = None  # `{key}_ltx2_ref.safetensors` (video present, dataset with references)
+    reference_fps: float | None = None  # the reference's frame rate: fps / reference_temporal_scale_factor
+    mask_path: Path | None = None  # `{key}_ltx2_mask.safetensors` (video present, dataset with masks)
+    reference_audio_path: Path | None = None  # `{key}_ltx2_ref_audio.safetensors` (audio present)
+    audio_mask_path: Path | None = None  # `{key}_ltx2_audio_mask.safetensors` (audio present)
 
 
 def plain_name(key: str) -> str:
@@ -231,6 +248,10 @@ class _Scan:
         self.dataset, self.by_stem, self.roles = dataset, by_stem, roles
         self.model_version, self.video_context_dim, self.problems = model_version, video_context_dim, problems
         self.digest = dataset_digest(dataset)
+        kinds = declared_partners(dataset, list(by_stem.values()))
+        video_kinds = [k for k in kinds if k in PICTURE_PARTNERS] if roles.present("video") else []
+        audio_kinds = [k for k in kinds if k in AUDIO_PARTNERS] if roles.present("audio") else []
+        self.partner_kinds = video_kinds + audio_kinds
         self.found: dict[str, int] = defaultdict(int)
         self.ignored = 0
 
@@ -283,14 +304,93 @@ class _Scan:
                 return lengths
             shape = (*shape, lengths[0])
         text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
-        return CachedItem(key, self.dataset, path, audio_path, text_path, float(fingerprint["fps"]), shape)
+        partners = self._partners(key, media, fingerprint, shape[:3])
+        if partners is None:
+            return None
+        shape = (*shape, *partners.pop("shape"))
+        return CachedItem(key, self.dataset, path, audio_path, text_path, float(fingerprint["fps"]), shape, **partners)
 
     def _audio_item(self, key, media, path, header, fingerprint):
         lengths = self._audio_lengths(path, header, fingerprint)
         if lengths is None or lengths == "no audio":
             return lengths
         text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
-        return CachedItem(key, self.dataset, None, path, text_path, float(fingerprint["fps"] or 0.0), (lengths[0],))
+        partners = self._partners(key, media, fingerprint, (lengths[0],))
+        if partners is None:
+            return None
+        shape = (lengths[0], *partners.pop("shape"))
+        fps = float(fingerprint["fps"] or 0.0)
+        return CachedItem(key, self.dataset, None, path, text_path, fps, shape, **partners)
+
+    def _partners(self, key: str, media, target: dict, grid: tuple[int, ...]) -> dict | None:
+        """CachedItem fields of the item's partner caches (plus "shape": the reference dims), or None after adding
+        a problem line per bad file. `target` is the item's own cache fingerprint, `grid` its latent (F, H, W) or
+        (T,)."""
+        fields: dict = {"shape": ()}
+        ok = True
+        for kind in self.partner_kinds:
+            path = naming.partner_cache_path(self.dataset.cache_directory, key, kind)
+            problem, dims = self._partner_problem(path, kind, media, target, grid)
+            if problem is not None:
+                self.problems.add(path, problem, self.problems.latents_fix)
+                ok = False
+                continue
+            fields[f"{kind}_path"] = path
+            if kind in ("reference", "reference_audio"):
+                fields["shape"] = (*fields["shape"], *dims)
+            if kind == "reference":
+                fields["reference_fps"] = float(target["fps"]) / self.dataset.reference_temporal_scale_factor
+        return fields if ok else None
+
+    def _partner_problem(self, path: Path, kind: str, media, target: dict, grid: tuple[int, ...]):
+        """(problem or None, the reference's latent dims) of one partner cache file."""
+        what = kind.replace("_", " ")
+        if not path.is_file():
+            return f"{what} cache missing for {path.name.removesuffix(naming.PARTNER_SUFFIXES[kind])}", ()
+        header, fingerprint, problem = _open(path, PARTNER_FIELDS[kind])
+        if problem is not None:
+            return problem, ()
+        shared = [name for name in ("dataset", "window", "fps", "bucket", "audio_checkpoint") if name in fingerprint]
+        if kind == "reference":
+            shared = ["dataset", "window", "fps"]
+        if any(fingerprint[name] != target.get(name) for name in shared) or (
+            kind == "reference" and fingerprint["target_bucket"] != target["bucket"]
+        ):
+            return f"stale {what} cache (its item was cached again with other settings)", ()
+        try:
+            source = find_partner(media, kind)
+        except DatasetError as error:
+            return str(error), ()
+        if fingerprint["source"] != source_stamp(source):
+            return f"stale {what} cache, {source} changed since it was cached", ()
+        return self._partner_content_problem(header, kind, fingerprint, grid)
+
+    def _partner_content_problem(self, header, kind: str, fingerprint: dict, grid: tuple[int, ...]):
+        dataset = self.dataset
+        if kind == "reference":
+            problem = _version_problem(fingerprint["checkpoint"], self.model_version, "VAE")
+            spatial, temporal = fingerprint["factors"]
+            if temporal != dataset.reference_temporal_scale_factor or (
+                dataset.control_resolution is None
+                and not dataset.no_resize_control
+                and spatial != dataset.reference_downscale_factor
+            ):
+                problem = f"made with reference factors {spatial}/{temporal}, the dataset now asks for others"
+            if dataset.control_resolution is not None and tuple(fingerprint["bucket"]) != dataset.control_resolution:
+                problem = f"made at {fingerprint['bucket']}, the dataset's control_resolution changed"
+            dims, shape_problem = _latent_shape(header)
+            return problem or shape_problem, dims or ()
+        if kind == "reference_audio":
+            problem = _version_problem(fingerprint["audio_checkpoint"], self.model_version, "audio VAE")
+            lengths, shape_problem = _audio_length(header)
+            return problem or shape_problem, (lengths[0],) if lengths else ()
+        rules = VIDEO_MASK_RULES if kind == "mask" else AUDIO_MASK_RULES
+        if fingerprint["rules"] != rules:
+            return "made with older mask rules", ()
+        found = _shaped(header, kind)
+        if found is None or tuple(header.tensors[found[0]].shape) != grid or found[1] != grid:
+            return f"no {kind}_{'x'.join(map(str, grid))} tensor (the item's latent grid)", ()
+        return None, ()
 
     def _sidecar_lengths(self, audio_path: Path, key: str, video_fingerprint: dict):
         """`_audio_lengths` of a video window's audio sidecar, which must agree with its video cache."""

@@ -3,7 +3,8 @@ the cache files.
 
 Media decoding runs ahead in worker threads (PyAV and the resizer release the GIL) while the main thread encodes.
 Each file is written atomically. With `skip_existing` each file whose fingerprint matches the plan is reused on its
-own: an AV run after an audio-mode run makes only the video latents of each window.
+own: an AV run after an audio-mode run makes only the video latents of each window. A job's partner files
+(references, masks: cache.partner_jobs) are decoded with it and written after its own files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import LatentJob
+from ltx2_tuner.cache.partner_jobs import PartnerFile, decode_partner, write_partner
 from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
 from ltx2_tuner.models.latent_layout import (
@@ -125,6 +127,7 @@ class _Task:
     job: LatentJob
     video: bool  # write job.latent_path
     audio: bool  # write job.audio_path
+    partners: tuple[PartnerFile, ...] = ()  # partner files to write
 
 
 @dataclass
@@ -133,6 +136,7 @@ class _Decoded:
     frames: torch.Tensor | None = None  # [3, F, H, W]
     log_mel: torch.Tensor | None = None  # [2, T_mel, 64]; None when the source has no audio
     audio_valid_samples: int = 0
+    partners: list = field(default_factory=list)  # (PartnerFile, its decoded input)
     error: str | None = None
 
 
@@ -159,6 +163,7 @@ def _decode(task: _Task, sample_rate: int) -> _Decoded:
             clip = load_audio_clip(job.audio_source, start_s, duration_s, sample_rate, warn_padding=warn)
             decoded.log_mel = log_mel_spectrogram(clip.waveform, sample_rate)
             decoded.audio_valid_samples = clip.valid_samples
+        decoded.partners = [(partner, decode_partner(partner, sample_rate)) for partner in task.partners]
         return decoded
     except Ltx2TunerError as error:
         return _Decoded(task, error=str(error))
@@ -179,7 +184,10 @@ def _current(path: Path | None, fingerprint: dict | None) -> bool:
 
 def is_current(job: LatentJob) -> bool:
     """Whether every file of `job` exists with the fingerprint this run would write."""
-    return _current(job.latent_path, job.fingerprint) and _current(job.audio_path, job.audio_fingerprint)
+    files = [(job.latent_path, job.fingerprint), (job.audio_path, job.audio_fingerprint)]
+    return all(
+        _current(path, fingerprint) for path, fingerprint in files + [(p.path, p.fingerprint) for p in job.partners]
+    )
 
 
 def _tasks(jobs: list[LatentJob], skip_existing: bool) -> list[_Task]:
@@ -188,8 +196,9 @@ def _tasks(jobs: list[LatentJob], skip_existing: bool) -> list[_Task]:
     for job in jobs:
         video = job.latent_path is not None and not (skip_existing and _current(job.latent_path, job.fingerprint))
         audio = job.audio_path is not None and not (skip_existing and _current(job.audio_path, job.audio_fingerprint))
-        if video or audio:
-            tasks.append(_Task(job, video, audio))
+        partners = tuple(p for p in job.partners if not (skip_existing and _current(p.path, p.fingerprint)))
+        if video or audio or partners:
+            tasks.append(_Task(job, video, audio, partners))
     return tasks
 
 
@@ -222,6 +231,11 @@ def cache_latents(
         raise ValueError("jobs with audio sidecars need an encoder with the audio VAE")
     if any(task.video for task in pending) and encoder.video_vae is None:
         raise ValueError("jobs with video latents need an encoder with the video VAE")
+    kinds = {partner.kind for task in pending for partner in task.partners}
+    if ("reference" in kinds and encoder.video_vae is None) or (
+        "reference_audio" in kinds and encoder.audio_vae is None
+    ):
+        raise ValueError("jobs with reference latents need an encoder with that modality's VAE")
     sample_rate = encoder.audio_vae.config.sample_rate if encoder.audio_vae is not None else 0
     with (
         ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool,
@@ -259,4 +273,9 @@ def _write(
             "audio_lengths_int32": torch.tensor([length], dtype=torch.int32),
         }
         write_cache(job.audio_path, tensors, job.audio_fingerprint, mode=mode)
+    for partner, partner_input in decoded.partners:
+        try:
+            write_partner(partner, partner_input, encoder, job.audio_path, mode)
+        except Ltx2TunerError as error:  # e.g. an audio mask whose item has no audio cache to fit it to
+            summary.failed.append(str(error))
     summary.cached += 1

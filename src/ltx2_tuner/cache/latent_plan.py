@@ -13,22 +13,27 @@ video without an audio track, an unreadable file, a clip shorter than every targ
 An audio sidecar's fingerprint holds only what its latents depend on (`AUDIO_FINGERPRINT_FIELDS`: not the video
 VAE, not the frame bucket), so the sidecar of a video window cached in audio mode serves AV training, and the
 other way round.
+
+Datasets with references or masks (`reference_directory`, `mask_directory`, ...) give each job partner files
+(cache.partner_jobs): their problems (a missing partner file, a reference too short or of a size that does not fit)
+are collected in `LatentPlan.partner_problems`, all of them, before any model loads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ltx2_tuner.cache import naming
+from ltx2_tuner.cache.partner_jobs import AUDIO_PARTNERS, PICTURE_PARTNERS, PartnerFile, PartnerPlanner
 from ltx2_tuner.cache.store import source_stamp
 from ltx2_tuner.data.audio_buckets import dataset_audio_bucket
 from ltx2_tuner.data.buckets import select_bucket
 from ltx2_tuner.data.config import DatasetConfig, check_dataset_kinds
 from ltx2_tuner.data.frames import FrameWindow, available_frames, frame_windows, sampling_fps
-from ltx2_tuner.data.items import MediaItem, list_media
+from ltx2_tuner.data.items import MediaItem, declared_partners, list_media
 from ltx2_tuner.errors import MediaError
 
 IMAGE_FPS = 24.0  # an image is one frame of a 24 fps clip (the official trainer's 1.0 skews its RoPE time)
@@ -63,6 +68,7 @@ class LatentJob:
     fingerprint: dict | None = field(repr=False)  # of latent_path (LATENT_FINGERPRINT_FIELDS)
     audio_fingerprint: dict | None = field(default=None, repr=False)  # of audio_path (AUDIO_FINGERPRINT_FIELDS)
     audio_window_s: tuple[float, float] | None = None  # (start, duration) seconds of audio_source to encode
+    partners: tuple[PartnerFile, ...] = field(default=(), repr=False)  # reference / mask cache files of this job
 
 
 @dataclass
@@ -71,6 +77,7 @@ class LatentPlan:
     unreadable: list[str] = field(default_factory=list)  # "path: reason"
     too_short: list[str] = field(default_factory=list)
     missing_audio: list[Path] = field(default_factory=list)
+    partner_problems: list[str] = field(default_factory=list)  # missing or unfit reference / mask files
 
 
 def dataset_digest(dataset: DatasetConfig) -> str:
@@ -112,13 +119,29 @@ def plan_latent_jobs(
     """
     check_dataset_kinds(datasets, mode)
     plan = LatentPlan()
+    partners = PartnerPlanner(mode, video_checkpoint, audio_checkpoint)
     for dataset in datasets:
         digest = dataset_digest(dataset)
-        for item in list_media(dataset):
+        items = list_media(dataset)
+        kinds = declared_partners(dataset, items)
+        fitting = AUDIO_PARTNERS if dataset.kind == "audio" else PICTURE_PARTNERS
+        for kind in (kind for kind in kinds if kind not in fitting):
+            partners.problems.append(
+                f'{dataset.source}: "{kind}_path" is not for {dataset.kind} datasets (they take '
+                f"{', '.join(f'{k}_path' for k in fitting)}); remove it"
+            )
+        for item in items:
+            first = len(plan.jobs)
             if dataset.kind == "audio":
                 _plan_audio_item(plan, item, digest, audio_checkpoint)
             else:
                 _plan_picture_item(plan, item, digest, mode, video_checkpoint, audio_checkpoint, audio_source)
+            if kinds:
+                for index in range(first, len(plan.jobs)):
+                    plan.jobs[index] = replace(
+                        plan.jobs[index], partners=partners.files_for(plan.jobs[index], kinds, digest)
+                    )
+    plan.partner_problems = partners.problems
     return plan
 
 
@@ -261,6 +284,19 @@ def unusable_cache_files(plan: LatentPlan, datasets: list[DatasetConfig]) -> lis
         if job.latent_path is None and job.item.dataset.kind == "video"
     }
 
+    # A window's references and masks are usable in any mode too, while its dataset still declares them.
+    kinds_of = {}
+    for dataset in datasets:
+        kinds = declared_partners(dataset, list_media(dataset))
+        kinds_of[dataset.cache_directory] = [
+            k for k in kinds if k in (AUDIO_PARTNERS if dataset.kind == "audio" else PICTURE_PARTNERS)
+        ]
+    usable |= {
+        naming.partner_cache_path(job.item.dataset.cache_directory, job.key, kind)
+        for job in plan.jobs
+        for kind in kinds_of[job.item.dataset.cache_directory]
+    }
+
     def is_usable(path: Path) -> bool:
         if path in usable:
             return True
@@ -271,7 +307,7 @@ def unusable_cache_files(plan: LatentPlan, datasets: list[DatasetConfig]) -> lis
         path
         for directory in dict.fromkeys(dataset.cache_directory for dataset in datasets)
         if directory.is_dir()
-        for suffix in (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX)
+        for suffix in (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX, *naming.PARTNER_SUFFIXES.values())
         for path in sorted(directory.glob(f"*{suffix}"))
         if not is_usable(path)
     ]

@@ -5,10 +5,17 @@
       000001_00000-049_ltx2_audio.safetensors       its audio latents (AV)
       000001_ltx2_te.safetensors                    text encoder outputs, shared by all windows of 000001
       photo_0768x1024_ltx2.safetensors              an image: no window in the name
+      000001_00000-049_ltx2_ref.safetensors         its reference clip's latents (IC-LoRA), same frame window
+      000001_00000-049_ltx2_mask.safetensors        its inpainting mask on the target's latent grid
+      voice_ltx2_ref_audio.safetensors              an audio item's reference audio latents
+      voice_ltx2_audio_mask.safetensors             an audio item's mask on its audio latent steps
 
 Tensor keys: `latents_{F}x{H}x{W}_{dtype}` ([128, F, H, W] latent dims), `audio_latents_{T}x{mel}x{C}_{dtype}`
 ([C=8, T, mel=16]) and `audio_lengths_int32`, `video_prompt_embeds_{dtype}`, `audio_prompt_embeds_{dtype}`,
 `prompt_attention_mask`, `text_{dtype}`, `text_mask`. dtype is torch's name (`bfloat16`, `float32`).
+Partner files: the reference holds `latents_{F}x{H}x{W}_{dtype}` ([128, F, H, W]), the reference audio
+`audio_latents_{T}x{mel}x{C}_{dtype}` and `audio_lengths_int32`, the masks `mask_{F}x{H}x{W}` and `audio_mask_{T}`
+(float32, 1 = kept clean as conditioning, 0 = generated).
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ import torch
 LATENT_SUFFIX = "_ltx2.safetensors"
 AUDIO_SUFFIX = "_ltx2_audio.safetensors"
 TEXT_SUFFIX = "_ltx2_te.safetensors"
+REFERENCE_SUFFIX = "_ltx2_ref.safetensors"
+MASK_SUFFIX = "_ltx2_mask.safetensors"
+REFERENCE_AUDIO_SUFFIX = "_ltx2_ref_audio.safetensors"
+AUDIO_MASK_SUFFIX = "_ltx2_audio_mask.safetensors"
+# The cache file of each partner kind (data.items.PARTNER_KINDS).
+PARTNER_SUFFIXES = {"reference": REFERENCE_SUFFIX, "mask": MASK_SUFFIX, "reference_audio": REFERENCE_AUDIO_SUFFIX,
+                    "audio_mask": AUDIO_MASK_SUFFIX}  # fmt: skip
 _LATENT_NAME = re.compile(r"^(?P<key>.+)_(?P<width>\d{4,})x(?P<height>\d{4,})_ltx2\.safetensors$")
 
 
@@ -42,6 +56,11 @@ def audio_cache_path(cache_directory: Path, key: str) -> Path:
     return cache_directory / f"{key}{AUDIO_SUFFIX}"
 
 
+def partner_cache_path(cache_directory: Path, key: str, kind: str) -> Path:
+    """The cache file of an item's `kind` partner (reference, mask, reference_audio, audio_mask)."""
+    return cache_directory / f"{key}{PARTNER_SUFFIXES[kind]}"
+
+
 def text_cache_path(cache_directory: Path, stem: str) -> Path:
     return cache_directory / f"{stem}{TEXT_SUFFIX}"
 
@@ -60,3 +79,8 @@ def latents_key(latents: torch.Tensor) -> str:
 def audio_latents_key(latents: torch.Tensor) -> str:
     channels, length, mel_bins = latents.shape
     return f"audio_latents_{length}x{mel_bins}x{channels}_{dtype_name(latents.dtype)}"
+
+
+def mask_key(mask: torch.Tensor) -> str:
+    """`mask_{F}x{H}x{W}` for a video mask, `audio_mask_{T}` for an audio one."""
+    return ("mask_" if mask.dim() == 3 else "audio_mask_") + "x".join(str(n) for n in mask.shape)

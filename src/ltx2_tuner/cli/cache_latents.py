@@ -4,7 +4,8 @@
         [--ltx_mode av|audio] [--skip_existing]
 
 `--ltx_mode audio` caches only audio latents (audio datasets, and the soundtracks of video datasets' windows) and
-never opens the video VAE.
+never opens the video VAE. Datasets with references or masks (`reference_directory`, `mask_directory`, ...) also get
+their `_ltx2_ref`, `_ltx2_mask`, `_ltx2_ref_audio` and `_ltx2_audio_mask` files (docs/dataset-config.md).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prune_cache",
         action="store_true",
-        help="delete latent and audio caches in the cache folders that no item of these datasets can use (in any "
-        "mode: a video-mode run keeps the audio caches of its windows, an audio-mode run their video latents)",
+        help="delete latent, audio, reference and mask caches in the cache folders that no item of these datasets "
+        "can use (in any mode: a video-mode run keeps the audio caches of its windows, an audio-mode run their video "
+        "latents)",
     )
     parser.add_argument(
         "--missing_audio",
@@ -117,6 +119,9 @@ def _vae_files(args):
 
 
 def _report_plan_problems(plan: LatentPlan, args) -> None:
+    from ltx2_tuner.data.items import raise_partner_problems
+
+    raise_partner_problems(plan.partner_problems)
     for line in plan.unreadable:
         print(f"warning: skipped unreadable media: {line}", file=sys.stderr)
     for line in plan.too_short:
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     _report_plan_problems(plan, args)
     for dataset in datasets:
-        remove_interrupted_writes(dataset.cache_directory, (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX))
+        suffixes = (naming.LATENT_SUFFIX, naming.AUDIO_SUFFIX, *naming.PARTNER_SUFFIXES.values())
+        remove_interrupted_writes(dataset.cache_directory, suffixes)
 
     device = resolve_device(args.device)
     info = video_info or audio_info

@@ -83,6 +83,16 @@ class DatasetConfig:
     audio_bucket_interval: float = AUDIO_BUCKET_INTERVAL_S
     audio_bucket_strategy: str = AUDIO_BUCKET_STRATEGY
     max_audio_duration: float = MAX_AUDIO_DURATION_S
+    # Paired files ("References and masks" in docs/dataset-config.md): folders of partner files matched by stem
+    # (JSONL datasets name them per line instead), and how references are scaled.
+    reference_directory: Path | None = None  # reference clips / images (musubi: control_directory)
+    mask_directory: Path | None = None  # masks: white (> 0.5) = kept as clean conditioning, black = generated
+    reference_audio_directory: Path | None = None  # audio datasets
+    audio_mask_directory: Path | None = None  # audio datasets
+    reference_downscale_factor: int = 1  # the reference is cached at the target bucket / N
+    reference_temporal_scale_factor: int = 1  # reference frames: frame 0, then every S-th
+    control_resolution: tuple[int, int] | None = None  # the reference's own (width, height), multiples of 32
+    no_resize_control: bool = False  # the reference keeps its own size, floored to multiples of 32
 
     @property
     def name(self) -> str:
@@ -109,6 +119,16 @@ def _frames(value) -> str | None:
 
 def _extraction(value) -> str | None:
     return None if value in FRAME_EXTRACTION_MODES else f"must be one of {', '.join(FRAME_EXTRACTION_MODES)}"
+
+
+def _factor(value) -> str | None:
+    return None if value >= 1 else "must be an integer >= 1"
+
+
+def _control_resolution(value) -> str | None:
+    if len(value) != 2 or not all(isinstance(v, int) and v > 0 and v % BUCKET_STEP == 0 for v in value):
+        return f"must be [width, height], positive multiples of {BUCKET_STEP}"
+    return None
 
 
 def _audio_strategy(value) -> str | None:
@@ -139,15 +159,34 @@ _SHARED: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {
 _SOURCES = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file", "audio_directory",
             "audio_jsonl_file")  # fmt: skip
 _DATASET_ONLY: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {key: ((str,), None, None) for key in _SOURCES}
+# Partner folders, by our name and musubi-tuner's (same meaning); JSONL datasets name the files per line instead.
+PARTNER_DIRECTORY_KEYS = {"reference": ("reference_directory", "control_directory"), "mask": ("mask_directory",),
+                          "reference_audio": ("reference_audio_directory",),
+                          "audio_mask": ("audio_mask_directory",)}  # fmt: skip
+_PARTNER_SETTINGS: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {
+    **{key: ((str,), None, None) for keys in PARTNER_DIRECTORY_KEYS.values() for key in keys},
+    "reference_downscale_factor": ((int,), 1, _factor),
+    "reference_temporal_scale_factor": ((int,), 1, _factor),
+    "control_resolution": ((list,), None, _control_resolution),
+    "no_resize_control": ((bool,), False, None),
+}
+_DATASET_ONLY.update(_PARTNER_SETTINGS)
+# Which dataset kinds take each partner setting.
+_PICTURE_PARTNER_KEYS = ("reference_directory", "control_directory", "mask_directory", "reference_downscale_factor",
+                         "reference_temporal_scale_factor", "control_resolution", "no_resize_control")  # fmt: skip
+_AUDIO_PARTNER_KEYS = ("reference_audio_directory", "audio_mask_directory")
 _VIDEO_ONLY = ("target_frames", "frame_extraction", "frame_stride", "frame_sample", "max_frames", "source_fps",
                "target_fps")  # fmt: skip
 _AUDIO_ONLY = ("audio_bucket_interval", "audio_bucket_strategy", "max_audio_duration")
 _PICTURE_ONLY = ("resolution", "enable_bucket", "bucket_no_upscale")  # image and video datasets
 # Keys a dataset table of each kind may not set ([general] may: there they apply to the kinds that have them).
 _NOT_FOR_KIND = {
-    "image": ((_VIDEO_ONLY, "video datasets only"), (_AUDIO_ONLY, "audio datasets only")),
-    "video": ((_AUDIO_ONLY, "audio datasets only"),),
-    "audio": ((_VIDEO_ONLY, "video datasets only"), (_PICTURE_ONLY, "image and video datasets only")),
+    "image": ((_VIDEO_ONLY, "video datasets only"), (_AUDIO_ONLY + _AUDIO_PARTNER_KEYS, "audio datasets only")),
+    "video": ((_AUDIO_ONLY + _AUDIO_PARTNER_KEYS, "audio datasets only"),),
+    "audio": (
+        (_VIDEO_ONLY, "video datasets only"),
+        (_PICTURE_ONLY + _PICTURE_PARTNER_KEYS, "image and video datasets only"),
+    ),
 }
 
 
@@ -211,9 +250,10 @@ def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
         raise DatasetError(f"{path}: not valid TOML ({error}); fix the syntax") from None
 
     problems = _Problems(path)
+    known = ("general", "datasets", "conditions")  # [[conditions]] are conditioning/spec.py's to check
     for key in document:
-        if key not in ("general", "datasets"):
-            close = difflib.get_close_matches(key, ("general", "datasets"), n=1)
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             problems.add("top level", f'unknown table "{key}"{hint}')
     general = _check_table(document.get("general", {}), _SHARED, "[general]", problems)
@@ -293,7 +333,39 @@ def _build(path: Path, index: int, where: str, general: dict, own: dict, problem
         source_fps=float(merged["source_fps"]) if merged["source_fps"] else None,
         target_fps=float(merged["target_fps"]) if merged["target_fps"] else None,
         **(_audio_settings(merged) if kind == "audio" else {}),
+        **_partner_settings(path.parent, where, values, is_jsonl, problems),
     )
+
+
+def _partner_settings(config_dir: Path, where: str, values: dict, is_jsonl: bool, problems: _Problems) -> dict:
+    """The DatasetConfig fields of the paired files (references, masks) and the reference scaling."""
+    settings = {}
+    for kind, keys in PARTNER_DIRECTORY_KEYS.items():
+        given = [key for key in keys if key in values]
+        if len(given) > 1:
+            problems.add(where, f"{' and '.join(given)} mean the same; keep one")
+        if not given:
+            continue
+        if is_jsonl:
+            problems.add(where, f'key "{given[0]}" is for directory datasets; give "{kind}_path" on each JSONL line')
+            continue
+        directory = _resolve(config_dir, values[given[0]])
+        if not directory.is_dir():
+            problems.add(where, f'{given[0]} "{directory}" does not exist; fix the path')
+        settings[f"{kind}_directory"] = directory
+    downscale = values.get("reference_downscale_factor", 1)
+    control = values.get("control_resolution")
+    if control is not None and (downscale != 1 or values.get("no_resize_control")):
+        problems.add(where, "control_resolution sets the reference size itself; drop reference_downscale_factor "
+                     "and no_resize_control, or control_resolution")  # fmt: skip
+    if values.get("no_resize_control") and downscale != 1:
+        problems.add(where, "no_resize_control keeps the reference's own size; drop reference_downscale_factor")
+    return settings | {
+        "reference_downscale_factor": downscale,
+        "reference_temporal_scale_factor": values.get("reference_temporal_scale_factor", 1),
+        "control_resolution": tuple(control) if control is not None else None,
+        "no_resize_control": values.get("no_resize_control", False),
+    }
 
 
 def _audio_settings(merged: dict) -> dict:

@@ -1,5 +1,6 @@
 """The media of a dataset: files in a directory or lines of a JSONL file (`{kind}_path`, `caption`), with their
-captions."""
+captions, and their partner files (a reference clip, a mask: `reference_directory` & co. by stem, or a JSONL line's
+`reference_path` & co.; docs/dataset-config.md "References and masks")."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ltx2_tuner.data.config import MEDIA_EXTENSIONS, DatasetConfig
+from ltx2_tuner.data.config import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, MEDIA_EXTENSIONS, VIDEO_EXTENSIONS, DatasetConfig
 from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import DatasetError
 
@@ -19,6 +20,7 @@ class MediaItem:
     dataset: DatasetConfig
     path: Path
     caption: str | None = None
+    partners: tuple[tuple[str, Path], ...] = ()  # JSONL datasets: (kind, file) named on the item's line
 
     @property
     def stem(self) -> str:
@@ -72,8 +74,100 @@ def _from_jsonl(dataset: DatasetConfig) -> list[MediaItem]:
         caption = record.get("caption")
         if caption is not None and not isinstance(caption, str):
             raise DatasetError(f'{where}: "caption" must be a string')
-        items.append(MediaItem(dataset, media, caption))
+        items.append(MediaItem(dataset, media, caption, _jsonl_partners(record, where, dataset.source.parent)))
     return items
+
+
+# Partner kinds, the JSONL keys that name them (musubi-tuner's `control_path` = `reference_path`) and the files
+# a partner folder is searched for (any extension of these, same stem as the media).
+PARTNER_KINDS = ("reference", "mask", "reference_audio", "audio_mask")
+_JSONL_KEYS = {"reference": ("reference_path", "control_path"), "mask": ("mask_path",),
+               "reference_audio": ("reference_audio_path",), "audio_mask": ("audio_mask_path",)}  # fmt: skip
+MASK_TENSOR_EXTENSIONS = (".pt", ".npy", ".safetensors")
+PARTNER_EXTENSIONS = {
+    "reference": VIDEO_EXTENSIONS + IMAGE_EXTENSIONS,
+    "mask": VIDEO_EXTENSIONS + IMAGE_EXTENSIONS,
+    "reference_audio": AUDIO_EXTENSIONS + VIDEO_EXTENSIONS,
+    "audio_mask": MASK_TENSOR_EXTENSIONS + AUDIO_EXTENSIONS,
+}
+
+
+def _jsonl_partners(record: dict, where: str, base: Path) -> tuple[tuple[str, Path], ...]:
+    partners = []
+    for kind, keys in _JSONL_KEYS.items():
+        given = [key for key in keys if record.get(key) is not None]
+        if len(given) > 1:
+            raise DatasetError(f"{where}: {' and '.join(given)} mean the same; keep one")
+        if not given:
+            continue
+        if not isinstance(record[given[0]], str):
+            raise DatasetError(f'{where}: "{given[0]}" must be a path string')
+        path = Path(record[given[0]]).expanduser()
+        partners.append((kind, path if path.is_absolute() else base / path))
+    return tuple(partners)
+
+
+def declared_partners(dataset: DatasetConfig, items: list[MediaItem]) -> tuple[str, ...]:
+    """The partner kinds `dataset` has: its `*_directory` keys, or (JSONL) the kinds any line names; every item
+    then needs one of each."""
+    if dataset.source_is_jsonl:
+        named = {kind for item in items for kind, _ in item.partners}
+        return tuple(kind for kind in PARTNER_KINDS if kind in named)
+    return tuple(kind for kind in PARTNER_KINDS if getattr(dataset, f"{kind}_directory") is not None)
+
+
+def find_partner(item: MediaItem, kind: str) -> Path:
+    """The `kind` partner file of `item`; DatasetError (one line) when it is missing or ambiguous."""
+    dataset = item.dataset
+    if dataset.source_is_jsonl:
+        named = dict(item.partners).get(kind)
+        if named is None:
+            raise DatasetError(f'{dataset.source} ({item.path.name}): no "{_JSONL_KEYS[kind][0]}" on its line, '
+                               f"but other lines have one; add it")  # fmt: skip
+        if not named.is_file():
+            raise DatasetError(
+                f"{named}: {kind.replace('_', ' ')} file of {item.path.name} does not exist; fix the path"
+            )
+        return named
+    directory = getattr(dataset, f"{kind}_directory")
+    found = [path for path in sorted(directory.glob(f"{_glob_escape(item.stem)}.*"))
+             if path.stem == item.stem and path.suffix.lower() in PARTNER_EXTENSIONS[kind] and path.is_file()]  # fmt: skip
+    if not found:
+        raise DatasetError(f"{directory}: no {kind.replace('_', ' ')} file for {item.path.name} "
+                           f"(looked for {item.stem}.*); add one with the same name")  # fmt: skip
+    if len(found) > 1:
+        names = ", ".join(path.name for path in found)
+        raise DatasetError(
+            f"{directory}: several {kind.replace('_', ' ')} files for {item.path.name} ({names}); keep one"
+        )
+    return found[0]
+
+
+def _glob_escape(stem: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in stem)
+
+
+def partner_problems(datasets: list[DatasetConfig]) -> list[str]:
+    """One line per missing or ambiguous partner file, over every item of every dataset."""
+    problems = []
+    for dataset in datasets:
+        items = list_media(dataset)
+        for kind in declared_partners(dataset, items):
+            for item in items:
+                try:
+                    find_partner(item, kind)
+                except DatasetError as error:
+                    problems.append(str(error))
+    return problems
+
+
+def raise_partner_problems(problems: list[str], limit: int = 50) -> None:
+    """One DatasetError listing every partner-file problem (the first `limit`, then a count)."""
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
+    if problems:
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise DatasetError(f"{len(problems)} reference/mask file problems:\n  " + "\n  ".join(problems[:limit]) + more)
 
 
 def read_caption(item: MediaItem, allow_empty: bool = False) -> str:
