@@ -90,3 +90,40 @@ def test_an_inpainting_and_extension_lora_learns_on_cached_masks(small_checkpoin
     before, after = _learned(small_checkpoint, config, lora)
     print(f"inpainting + prefix: fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.8 * before, (before, after)
+
+
+def test_an_outpainting_and_backward_extension_lora_learns(small_checkpoint, tmp_path):
+    config = _pairs(tmp_path, "", '[[conditions]]\ntype = "spatial_crop"\nregion = [0, 32, 64, 96]\n'
+                    '[[conditions]]\ntype = "suffix"\ntemporal_boundary = 1\nprobability = 0.5\n')  # fmt: skip
+    lora = _cache_and_train(small_checkpoint, config, tmp_path / "out")
+    before, after = _learned(small_checkpoint, config, lora)
+    print(f"outpainting + suffix: fixed-batch loss {before:.4f} -> {after:.4f}")
+    assert after < 0.8 * before, (before, after)
+
+
+def test_an_audio_to_audio_ic_lora_with_extension_learns(small_checkpoint, tmp_path):
+    from ltx2_tuner.testing.synthetic_media import tone, write_audio
+
+    for folder in ("voice", "refs"):
+        (tmp_path / folder).mkdir()
+    for stem, pitch in (("low", 220.0), ("high", 660.0)):
+        write_audio(tmp_path / "voice" / f"{stem}.wav", tone(1.2, 16000, (pitch, pitch * 1.5)), 16000)
+        write_audio(tmp_path / "refs" / f"{stem}.wav", tone(1.2, 16000, (pitch / 2, pitch * 0.75)), 16000)
+        (tmp_path / "voice" / f"{stem}.txt").write_text(f"a {stem} tone")
+    config = tmp_path / "dataset.toml"
+    config.write_text('[[datasets]]\naudio_directory = "voice"\ncache_directory = "cache"\naudio_bucket_interval = 1.0\n'
+                      'reference_audio_directory = "refs"\n[[conditions]]\ntype = "reference"\nmodality = "audio"\n'
+                      '[[conditions]]\ntype = "prefix"\nmodality = "audio"\ntemporal_boundary = 8\n')  # fmt: skip
+    assert run(cache_latents, ["--dataset_config", str(config), "--ltx2_checkpoint", str(small_checkpoint),
+                               "--device", "cpu", "--ltx_mode", "audio"]) == 0  # fmt: skip
+    write_synthetic_text_caches(config, "audio", context_dims=(128, 128))
+    assert run(train, ["--dataset_config", str(config), "--ltx2_checkpoint", str(small_checkpoint), "--ltx_mode",
+                       "audio", "--mixed_precision", "no", "--network_dim", "4", "--network_alpha", "4",
+                       "--output_dir", str(tmp_path / "out"), "--max_data_loader_n_workers", "0", "--log_with",
+                       "none", "--max_train_steps", "100", "--learning_rate", "3e-3"]) == 0  # fmt: skip
+    conditions = load_conditions(config)
+    lora = tmp_path / "out" / "ltx2_lora.safetensors"
+    before = fixed_batch_loss(small_checkpoint, config, "audio", conditions=conditions)
+    after = fixed_batch_loss(small_checkpoint, config, "audio", lora, conditions=conditions)
+    print(f"a2a ic-lora + audio prefix: fixed-batch loss {before:.4f} -> {after:.4f}")
+    assert after < 0.8 * before, (before, after)
