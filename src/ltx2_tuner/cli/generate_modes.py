@@ -1,11 +1,14 @@
-"""The modality modes' part of `ltx2_generate_video.py`'s checks (generate_plan.py): which flags fit --ltx_mode and
-each other (T2A: --ltx_mode audio; A2V: --audio; V2A: --video), and the clip length an --audio / --video file gives.
+"""The modality modes' and conditions' part of `ltx2_generate_video.py`'s checks (generate_plan.py): which flags fit
+--ltx_mode and each other (T2A: --ltx_mode audio; A2V: --audio; V2A: --video; extension, IC-LoRA reference,
+outpainting, inpainting on generated tokens: docs/generation.md), the clip length an --audio / --video file gives, and
+each job's TokenConditions (the reference factors from the LoRAs' metadata).
 One line per problem, before any weights load. The choice: a flag that means nothing in a mode is refused, not
 ignored, so a command never silently does less than it says.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ltx2_tuner.errors import ConfigError
@@ -80,3 +83,165 @@ def media_defaults(args, default_fps: float) -> dict:
 def _require_file(flag: str, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"{flag} {path}: file not found")
+
+
+# ---------------------------------------------------------------- conditions on generated tokens
+@dataclass(frozen=True)
+class TokenConditions:
+    """A job's extension / IC-LoRA reference / outpainting / inpainting inputs (sampling.conditions.Condition
+    fields of the same names)."""
+
+    extend: Path | None = None
+    extend_frames: int = 0  # frames of the --extend clip used (8k+1)
+    extend_audio: Path | None = None
+    direction: str = "forward"
+    reference: Path | None = None
+    reference_factors: tuple[int, int] = (1, 1)  # (spatial N, temporal S)
+    source: Path | None = None
+    outpaint_crop: tuple[int, int, int, int] | None = None  # x, y, w, h in pixels
+    mask: Path | None = None
+
+
+_VIDEO_CONDITION_FLAGS = ("extend", "reference", "reference_downscale", "source", "outpaint_crop", "mask")
+
+
+def condition_flag_problems(args) -> list[str]:
+    """Condition flags that do not fit --ltx_mode or each other, one line each."""
+    given = {flag for flag in (*_VIDEO_CONDITION_FLAGS, "extend_audio", "direction") if getattr(args, flag) is not None}
+    problems = []
+    if args.ltx_mode == "audio":
+        problems += [f"--{f}: conditions video; --ltx_mode audio generates sound only" for f in _VIDEO_CONDITION_FLAGS
+                     if f in given]  # fmt: skip
+    if "extend_audio" in given and args.ltx_mode == "video":
+        problems.append("--extend_audio: extends generated sound; use --ltx_mode audio or av")
+    if "direction" in given and not given & {"extend", "extend_audio"}:
+        problems.append("--direction: says which way --extend / --extend_audio goes; give one of them")
+    if args.video is not None:
+        problems += [f"--{f}: the frames come from --video (video-to-audio) and are not generated; drop --{f}"
+                     for f in ("extend", "reference", "source") if f in given]  # fmt: skip
+    if args.audio is not None and "extend_audio" in given:
+        problems.append("--extend_audio: the sound comes from --audio (audio-to-video) and is not generated")
+    if "source" in given and ("outpaint_crop" in given) == ("mask" in given):
+        problems.append("--source: give --outpaint_crop x,y,w,h (outpainting) or --mask FILE (inpainting), one of them")
+    if "source" not in given:
+        problems += [f"--{f}: needs --source FILE, the clip to {what}" for f, what in
+                     (("outpaint_crop", "outpaint"), ("mask", "inpaint")) if f in given]  # fmt: skip
+    if {"extend", "source"} <= given:
+        problems.append("--extend and --source: both give the kept video tokens; use one")
+    if args.image is not None and ("source" in given or ("extend" in given and args.direction != "backward")):
+        problems.append("--image: the first frame comes from --extend / --source; drop --image")
+    if "reference_downscale" in given and "reference" not in given:
+        problems.append("--reference_downscale: sets how --reference is read; give --reference FILE")
+    elif "reference_downscale" in given and args.reference_downscale < 1:
+        problems.append(f"--reference_downscale {args.reference_downscale}: must be a whole number >= 1")
+    if "outpaint_crop" in given and parse_crop(args.outpaint_crop) is None:
+        problems.append(
+            f"--outpaint_crop {args.outpaint_crop}: give four whole numbers x,y,w,h (pixels), e.g. 64,0,256,512"
+        )
+    problems += [f"--{f} {getattr(args, f)}: file not found" for f in ("extend", "extend_audio", "reference", "source", "mask")
+                 if f in given and not getattr(args, f).is_file()]  # fmt: skip
+    return problems
+
+
+def parse_crop(text: str) -> tuple[int, int, int, int] | None:
+    """ "x,y,w,h" -> (x, y, w, h), or None when it is not four whole numbers."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        return None
+    return values if len(values) == 4 else None
+
+
+def token_conditions(args, job, factors) -> tuple[TokenConditions, list[str]]:
+    """A job's TokenConditions and the problems with its size and length (the files exist: condition_flag_problems).
+    `factors`: the LoRAs' networks.lora_files.ReferenceFactors; --reference_downscale overrides the spatial one."""
+    problems, fields = [], {"direction": args.direction or "forward"}
+    if job.frames == 1 and (args.extend or args.reference or args.source):
+        return TokenConditions(), ["--frames 1: extension, references and in/outpainting condition clips; use 9+"]
+    if args.extend is not None:
+        fields["extend"] = args.extend
+        fields["extend_frames"] = _extend_frames(args, job, problems)
+    if args.reference is not None:
+        spatial = args.reference_downscale or factors.spatial
+        fields.update(reference=args.reference, reference_factors=(spatial, factors.temporal))
+        problems += _reference_problems(args, job, spatial, factors.temporal, factors.source)
+    if args.source is not None:
+        fields.update(source=args.source, mask=args.mask)
+        problems += _held_frames_problems("--source", args.source, job)
+        if args.outpaint_crop is not None:
+            fields["outpaint_crop"] = parse_crop(args.outpaint_crop)
+            problems += _crop_problems(fields["outpaint_crop"], job)
+    if args.extend_audio is not None:
+        fields["extend_audio"] = args.extend_audio
+        problems += _extend_audio_problems(args, job)
+    return TokenConditions(**fields), problems
+
+
+def _extend_frames(args, job, problems: list[str]) -> int:
+    from ltx2_tuner.data.frames import available_frames
+    from ltx2_tuner.data.video import probe_video
+
+    info = probe_video(args.extend)
+    frames = largest_clip_frames(available_frames(info.duration_s, info.num_frames, info.fps, job.fps))
+    least = 1 if args.direction != "backward" else 9  # backward keeps the latents after the clip's first
+    if frames < least:
+        problems.append(f"--extend {args.extend}: holds fewer than {least} frames at {job.fps:g} fps")
+    elif job.frames <= frames:
+        problems.append(
+            f"--frames {job.frames}: the --extend clip gives {frames} frames (8k+1) at {job.fps:g} fps; generate "
+            f"more, e.g. --frames {frames + 8 * ((frames - 1) // 8 or 1)}"
+        )
+    return frames
+
+
+def _reference_problems(args, job, spatial: int, temporal: int, source) -> list[str]:
+    said = f" (from the LoRA metadata of {source})" if source and not args.reference_downscale else ""
+    problems = []
+    if job.width % (32 * spatial) or job.height % (32 * spatial):
+        problems.append(
+            f"--reference: read at 1/{spatial} of {job.width}x{job.height}{said}, which must stay a multiple of 32; "
+            f"use --width and --height that are multiples of {32 * spatial}"
+        )
+    if (job.frames - 1) % (8 * temporal):
+        problems.append(
+            f"--frames {job.frames}: the reference keeps every {temporal}th frame{said}, so --frames must be "
+            f"{8 * temporal}k+1"
+        )
+    return problems + _held_frames_problems("--reference", args.reference, job)
+
+
+def _held_frames_problems(flag: str, path: Path, job) -> list[str]:
+    from ltx2_tuner.data.frames import available_frames
+    from ltx2_tuner.data.video import probe_video
+
+    info = probe_video(path)
+    held = available_frames(info.duration_s, info.num_frames, info.fps, job.fps)
+    if held < job.frames:
+        return [f"{flag} {path}: holds {held} frames at {job.fps:g} fps, the output {job.frames}; use a longer clip"]
+    return []
+
+
+def _crop_problems(crop: tuple[int, int, int, int], job) -> list[str]:
+    x, y, w, h = crop
+    if any(value % 32 for value in crop) or w <= 0 or h <= 0 or x < 0 or y < 0:
+        return [f"--outpaint_crop {x},{y},{w},{h}: x, y, w, h must be multiples of 32 (whole latent tokens), w, h > 0"]
+    if x + w > job.width or y + h > job.height or (w, h) == (job.width, job.height):
+        return [
+            f"--outpaint_crop {x},{y},{w},{h}: the box must lie inside the {job.width}x{job.height} output and "
+            "leave some of it to generate"
+        ]
+    return []
+
+
+def _extend_audio_problems(args, job) -> list[str]:
+    from ltx2_tuner.data.audio import probe_audio
+    from ltx2_tuner.models import audio_latent_count
+
+    seconds = probe_audio(args.extend_audio).duration_s
+    total = round(job.duration_s * 25) if job.duration_s is not None else audio_latent_count(job.frames, job.fps)
+    if round(seconds * 25) >= total:
+        return [
+            f"--extend_audio {args.extend_audio}: {seconds:.2f} s, as long as the {total / 25:.2f} s output; "
+            "generate longer (--duration, or more --frames)"
+        ]
+    return []

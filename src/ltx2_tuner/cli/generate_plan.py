@@ -3,7 +3,9 @@ load. Every problem found is reported at once, one line each; the generate comma
 
 Each job has modality roles (roles.py): --ltx_mode video is T2V, audio T2A (--duration seconds), av T2AV, or A2V with
 --audio FILE (the video is made for that sound), or V2A with --video FILE (the sound is made for those frames).
-Flags that mean nothing in a job's mode are refused, one line each, rather than ignored.
+Flags that mean nothing in a job's mode are refused, one line each, rather than ignored. Any job may also extend a
+clip (--extend / --extend_audio), follow an IC-LoRA reference (--reference) or in/outpaint a --source clip
+(generate_modes.token_conditions).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class Job:
     audio: Path | None = None  # A2V: the audio the video is made for
     video: Path | None = None  # V2A: the video the sound is made for
     duration_s: float | None = None  # T2A: seconds of audio
+    # extension, IC-LoRA reference, in/outpainting (set by plan)
+    conditions: generate_modes.TokenConditions = dataclasses.field(default_factory=generate_modes.TokenConditions)
 
     def roles(self, mode: str) -> ModalityRoles:
         """What this job does with video and audio in `--ltx_mode mode`. A still image (a png) has no sound."""
@@ -92,7 +96,7 @@ def plan(args) -> Plan:
         text_encoder = files.text_encoder(required=False)  # a split pack's own; else the source check says
     source_problems = _prompt_source_problems(args, text_encoder)
     problems += source_problems
-    mode_problems = generate_modes.flag_problems(args)
+    mode_problems = generate_modes.flag_problems(args) + generate_modes.condition_flag_problems(args)
     problems += mode_problems
     media = check(lambda: generate_modes.media_defaults(args, DEFAULTS["fps"])) if not mode_problems else None
     cached = check(lambda: _read_prompt_cache(args, info)) if args.prompt_cache and not source_problems else None
@@ -101,6 +105,8 @@ def plan(args) -> Plan:
         problems += _job_problems(job, args.ltx_mode)
     problems += _guidance_problems(args, info)
     loras = [lora for text in args.lora_weight if (lora := _lora_weight(text, problems)) is not None]
+    if not mode_problems:
+        jobs = _with_conditions(args, jobs, loras, problems, check)
     gemma = connectors = None
     if info is not None:
         roles = [job.roles(args.ltx_mode) for job in jobs]
@@ -122,6 +128,27 @@ def plan(args) -> Plan:
     if problems:
         raise ConfigError(f"{len(problems)} problems with the flags:\n" + "\n".join(f"  {p}" for p in problems))
     return Plan(info, jobs, loras, gemma, files, connectors)
+
+
+def _with_conditions(args, jobs: list[Job], loras: list[LoraWeight], problems: list[str], check) -> list[Job]:
+    """The jobs with their extension / reference / in- and outpainting inputs; the reference factors are read from
+    the LoRAs' metadata once."""
+    from ltx2_tuner.networks.lora_files import ReferenceFactors, reference_factors
+
+    factors = ReferenceFactors()
+    if args.reference is not None:
+        factors = check(lambda: reference_factors([lora.path for lora in loras]))
+        if factors is None:
+            return jobs
+    found = []
+    for job in jobs:
+        result = check(lambda job=job: generate_modes.token_conditions(args, job, factors))  # unreadable media
+        if result is None:
+            return jobs
+        conditions, job_problems = result
+        problems += [p for p in job_problems if p not in problems]  # one line per problem, not per cached prompt
+        found.append(dataclasses.replace(job, conditions=conditions))
+    return found
 
 
 def guidance(job: Job, args, version: str):

@@ -4,6 +4,7 @@ a sound for a video (V2A), with LoRAs: `ltx2_generate_video.py`.
     python ltx2_generate_video.py --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
         --prompt "a red fox runs through snow" [--lora_weight my_lora.safetensors:0.8] [--image first.png]
         [--ltx_mode audio --duration 5 | --audio voice.wav | --video clip.mp4]
+        [--extend clip.mp4 --direction forward | --reference depth.mp4 | --source clip.mp4 --mask mask.png]
 
 Every flag is checked, and every problem reported, before any weights load. Then, one model at a time on the device:
 Gemma + text connectors encode the prompt and the negative prompt (or a sample-prompt cache replaces them), the VAE
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mp4 (or png; .wav or .mp3 with --ltx_mode audio) to write (default: outputs/ltx2_<time>.mp4 or .wav)",
     )
     size.add_argument("--vae_tiling", action="store_true", help="decode in overlapping tiles (less memory)")
+    _add_condition_flags(parser)
     sampling = parser.add_argument_group("sampling (defaults: the official ones of the checkpoint's version)")
     sampling.add_argument("--steps", type=int, help="denoising steps (default: 40 on LTX-2.0, 30 on LTX-2.3 and 2.5)")
     for name, what in (
@@ -122,6 +124,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_condition_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("conditions on generated tokens (docs/generation.md)")
+    group.add_argument(
+        "--extend",
+        type=Path,
+        help="video extension: this clip (read at --width/--height/--fps, all of its 8k+1 frames) is kept and "
+        "--frames (more than the clip) are generated around it; see --direction",
+    )
+    group.add_argument(
+        "--extend_audio",
+        type=Path,
+        help="audio extension (--ltx_mode audio or av): this sound is kept and the rest generated; see --direction",
+    )
+    group.add_argument(
+        "--direction",
+        choices=("forward", "backward"),
+        help="extension: forward = the clip starts the output (default), backward = the clip ends it",
+    )
+    group.add_argument(
+        "--reference",
+        type=Path,
+        help="IC-LoRA reference clip (depth, pose, edges, ...), read at the output size / N with frames subsampled by "
+        "S, N and S from the LoRA's metadata (1 when absent)",
+    )
+    group.add_argument(
+        "--reference_downscale", type=int, help="read --reference at the output size / this (default: the LoRA's)"
+    )
+    group.add_argument(
+        "--source",
+        type=Path,
+        help="clip to outpaint (with --outpaint_crop) or inpaint (with --mask), read like --video",
+    )
+    group.add_argument(
+        "--outpaint_crop",
+        metavar="X,Y,W,H",
+        help="outpainting: the --source clip fills this pixel box of the output (multiples of 32); the rest is generated",
+    )
+    group.add_argument(
+        "--mask",
+        type=Path,
+        help="inpainting: mask image or video over the --source clip; white is kept, black regenerated (official)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
@@ -132,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     checked = plan(args)  # every problem, before any weights load
     info, jobs = checked.info, checked.jobs
     print(f"{info.path.name}: LTX-{info.version}, --ltx_mode {args.ltx_mode}, {precision} on {device}", flush=True)
+    if args.reference is not None:
+        spatial, temporal = jobs[0].conditions.reference_factors
+        print(f"reference read at 1/{spatial} size, every {temporal} frame(s)", flush=True)
     contexts = _contexts(checked, args.ltx_mode, dtype, precision, device)
     conditions = _conditions(jobs, checked.files, device)
     requests = [_request(job, contexts[i], conditions[i], args, info.version, dtype) for i, job in enumerate(jobs)]
@@ -211,10 +260,14 @@ def _conditions(jobs: list[Job], files, device) -> list:
     from ltx2_tuner.sampling.conditions import Condition, encode_conditions
 
     conditions = [
-        Condition(job.width, job.height, job.frames, job.fps, job.image, job.audio, job.video) for job in jobs
-    ]
-    needs_video = any(c.image or c.video for c in conditions)
-    needs_audio = any(c.audio for c in conditions)
+        Condition(
+            job.width, job.height, job.frames, job.fps, job.image, job.audio, job.video,
+            audio_latents=_audio_latents(job), **dataclasses.asdict(job.conditions),
+        )
+        for job in jobs
+    ]  # fmt: skip
+    needs_video = any(c.needs_video_vae for c in conditions)
+    needs_audio = any(c.audio or c.extend_audio for c in conditions)
     if not needs_video and not needs_audio:
         return [None] * len(jobs)
     print("encoding the conditions", flush=True)
@@ -223,6 +276,12 @@ def _conditions(jobs: list[Job], files, device) -> list:
     encoded = encode_conditions(conditions, video_vae, audio_vae, device)
     _release_memory()
     return encoded
+
+
+def _audio_latents(job: Job) -> int:
+    from ltx2_tuner.models import audio_latent_count
+
+    return round(job.duration_s * 25) if job.duration_s is not None else audio_latent_count(job.frames, job.fps)
 
 
 def _request(job: Job, contexts: dict, condition, args, version: str, dtype):
@@ -251,6 +310,14 @@ def _request(job: Job, contexts: dict, condition, args, version: str, dtype):
         audio_duration_s=job.duration_s if audio_only else None,
         frozen_video_latents=condition.frozen_video if condition else None,
         frozen_audio_latents=condition.frozen_audio if condition else None,
+        video_clean_latents=condition.video_clean if condition else None,
+        video_clean_mask=condition.video_clean_mask if condition else None,
+        audio_clean_latents=condition.audio_clean if condition else None,
+        audio_clean_mask=condition.audio_clean_mask if condition else None,
+        video_reference_latents=cast(condition.video_reference) if condition else None,
+        reference_fps=condition.reference_fps if condition else None,
+        reference_spatial_factor=condition.reference_factors[0] if condition else 1,
+        reference_temporal_factor=condition.reference_factors[1] if condition else 1,
     )
 
 

@@ -184,3 +184,58 @@ def lora_version_warning(path: Path, model_version: str) -> str | None:
         f"{path}: was trained on LTX-{trained_on} and is applied to LTX-{model_version}; its layers fit, but the "
         f"base weights differ, so expect a weaker or different effect (train it on LTX-{model_version} to be sure)"
     )
+
+
+# IC-LoRA reference scale factors in the metadata, official naming (reference ltx-2.5-and-conditioning-modes.md B4;
+# flexible.py L308-318): written only when != 1; the pipelines read the legacy `reference_downscale_factor`,
+# `reference_spatial_scale_factor` holds the same value.
+REFERENCE_SPATIAL_KEYS = ("reference_downscale_factor", "reference_spatial_scale_factor")
+REFERENCE_TEMPORAL_KEY = "reference_temporal_scale_factor"
+
+
+@dataclass(frozen=True)
+class ReferenceFactors:
+    spatial: int = 1  # the reference is read at the output size / spatial
+    temporal: int = 1  # and keeps frame 0, then every temporal-th frame
+    source: str | None = None  # the LoRA file that set them (None: no LoRA says; 1 and 1)
+
+
+def reference_factors(paths) -> ReferenceFactors:
+    """The reference factors the LoRAs at `paths` were trained with (1 where none says). Two LoRAs that disagree,
+    or one whose keys disagree or are not whole numbers >= 1, are a LoraFileError (ltx-pipelines' ICLoraPipeline
+    refuses conflicting values too)."""
+    found: dict[str, tuple[int, Path]] = {}
+    for path in paths:
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError):
+            continue  # read_lora_file reports unreadable files with the fix
+        for axis, keys in (("spatial", REFERENCE_SPATIAL_KEYS), ("temporal", (REFERENCE_TEMPORAL_KEY,))):
+            values = {_factor(path, key, metadata[key]) for key in keys if key in metadata}
+            if len(values) > 1:
+                raise LoraFileError(f"{path}: metadata {' and '.join(keys)} disagree ({sorted(values)}); fix the file")
+            if not values:
+                continue
+            value = values.pop()
+            if axis in found and found[axis][0] != value:
+                other = found[axis][1]
+                raise LoraFileError(
+                    f"{path}: trained with {axis} reference factor {value}, {other} with {found[axis][0]}; one "
+                    "reference cannot serve both, apply them separately"
+                )
+            found.setdefault(axis, (value, path))  # the first LoRA that says is named
+    spatial, temporal = found.get("spatial", (1, None)), found.get("temporal", (1, None))
+    source = spatial[1] or temporal[1]
+    return ReferenceFactors(spatial[0], temporal[0], str(source) if source else None)
+
+
+def _factor(path: Path, key: str, text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value >= 1 or value != int(value):
+        raise LoraFileError(f"{path}: metadata {key} = {text!r} is not a whole number >= 1; fix the file")
+    return int(value)

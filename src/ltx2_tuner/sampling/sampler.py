@@ -2,8 +2,11 @@
 
 Per step, for sigma σ and next sigma σ': each guidance pass runs the transformer (the passes batched together, up to
 `max_batch` per forward), its velocities become x0 = x - t·v with the per-token timesteps t (σ, or 0 on clean
-first-frame tokens), the passes combine into one x0 per modality (`guidance.guide`), the first-frame tokens of x0 are
-reset to the image's latent, and x ← x + (x - x0)/σ · (σ' - σ), in float32, stored in the latent dtype.
+tokens), the passes combine into one x0 per modality (`guidance.guide`), the clean tokens of x0 are reset to their
+conditioning latents, and x ← x + (x - x0)/σ · (σ' - σ), in float32, stored in the latent dtype. Clean tokens (the
+I2V first frame, an extension's prefix or suffix, the kept part of an inpainting or outpainting source: any per-token
+mask, per modality) therefore equal their conditioning latents at every step; a reference clip (IC-LoRA) is
+prepended to its modality's tokens in every pass, clean, and cut from the output (sampling/condition_tokens.py).
 The first latent frame is marked for LTX 2.5's keyframe embedding in every pass, T2V and I2V, as ltx-core's inference
 marks it (reference ltx-2.5-and-conditioning-modes.md A2; 2.0/2.3 ignore the mark).
 Noise, latent layout and RoPE positions are built as training builds them (training/step.py), so a LoRA sees at
@@ -28,10 +31,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ltx2_tuner.conditioning.tokens import prepend_reference
 from ltx2_tuner.errors import ConfigError
 from ltx2_tuner.models import (
     ModalityInput,
-    audio_latent_count,
     audio_positions,
     patchify_audio,
     patchify_video,
@@ -40,16 +43,22 @@ from ltx2_tuner.models import (
     video_positions,
 )
 from ltx2_tuner.models.keyframes import first_frame_keyframes_mask
-from ltx2_tuner.models.latent_layout import AUDIO_LATENTS_PER_SECOND
 from ltx2_tuner.roles import ABSENT, FROZEN, GENERATED, ModalityRoles
+from ltx2_tuner.sampling import request_checks
+from ltx2_tuner.sampling.condition_tokens import (
+    CleanTokens,
+    ReferenceTokens,
+    audio_clean_tokens,
+    audio_reference_tokens,
+    video_clean_tokens,
+    video_reference_tokens,
+)
 from ltx2_tuner.sampling.defaults import GuidanceParams
 from ltx2_tuner.sampling.guidance import GuidancePass, effective_params, guide, plan_passes
 from ltx2_tuner.sampling.perturbations import perturbed
-from ltx2_tuner.sampling.schedule import ltx2_sigmas
 
 LATENT_CHANNELS = 128
 AUDIO_CHANNELS, AUDIO_MEL_BINS = 8, 16  # audio latents [1, 8, T, 16]
-SPATIAL_FACTOR, TEMPORAL_FACTOR = 32, 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +90,20 @@ class SampleRequest:
     audio_duration_s: float | None = None  # T2A only: round(25 · seconds) audio latents (ltx-core AudioLatentShape)
     frozen_video_latents: torch.Tensor | None = None  # V2A: [1, 128, F', H/32, W/32] normalized (video VAE encoder)
     frozen_audio_latents: torch.Tensor | None = None  # A2V: [1, 8, T, 16] normalized (audio VAE encoder)
+    # Clean tokens of a generated modality (extension, inpainting, outpainting): the latents [1, 128, F', H/32, W/32]
+    # / [1, 8, T, 16] and a mask [N] / [T] bool in token order (frame, row, column), True = kept clean.
+    video_clean_latents: torch.Tensor | None = None
+    video_clean_mask: torch.Tensor | None = None
+    audio_clean_latents: torch.Tensor | None = None
+    audio_clean_mask: torch.Tensor | None = None
+    # IC-LoRA reference clips, placed beside the generated target: video [1, 128, F_r, H_r, W_r] with
+    # H_r = H/32 / spatial factor and F_r - 1 = (F' - 1) / temporal factor, at `reference_fps` (default:
+    # frame_rate / temporal factor); audio [1, 8, T_r, 16].
+    video_reference_latents: torch.Tensor | None = None
+    reference_fps: float | None = None
+    reference_spatial_factor: int = 1
+    reference_temporal_factor: int = 1
+    audio_reference_latents: torch.Tensor | None = None
 
     @property
     def roles(self) -> ModalityRoles:
@@ -117,8 +140,10 @@ class _Stream:
     contexts: tuple[torch.Tensor, torch.Tensor]  # (positive, negative); a frozen stream has (positive, positive)
     params: GuidanceParams
     frozen: bool = False  # clean: sigma 0 and timestep 0 in every pass, never stepped
-    clean: torch.Tensor | None = None  # [1, n, 128] first-frame tokens (the first n tokens), kept clean
+    clean: torch.Tensor | None = None  # [1, N, 128] conditioning latents, kept where `clean_mask` is set
+    clean_mask: torch.Tensor | None = None  # [1, N, 1] bool: the clean tokens
     denoise: torch.Tensor | None = None  # [1, N] float32: 0 on clean tokens, 1 elsewhere
+    reference: ReferenceTokens | None = None  # prepended in every pass, never stepped, not in the output
     keyframes: torch.Tensor | None = None  # [1, N] bool: tokens that get the keyframe embedding (video)
 
     def sigma(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -149,12 +174,12 @@ def sample(
         raise ValueError(f"max_batch must be at least 1, not {max_batch}")
     device = torch.device(device)
     roles = request.roles
-    _check_request(request, roles)
-    _check_model(model, roles)
-    sigmas = _sigmas(request)
+    request_checks.check_request(request, roles)
+    request_checks.check_model(model, roles)
+    sigmas = request_checks.sigmas(request)
 
     generator = torch.Generator().manual_seed(request.seed)
-    grid = _latent_grid(request) if roles.present("video") else None
+    grid = request_checks.latent_grid(request) if roles.present("video") else None
     video = _video_stream(request, roles, generator, grid, device, dtype) if grid is not None else None
     audio = _audio_stream(request, roles, generator, device, dtype) if roles.present("audio") else None
 
@@ -193,60 +218,6 @@ def _audio_result(request: SampleRequest, roles: ModalityRoles, audio: _Stream |
     return unpatchify_audio(audio.latent.float().cpu())
 
 
-def _check_request(request: SampleRequest, roles: ModalityRoles) -> None:
-    if request.first_frame_latent is not None and not roles.generated("video"):
-        raise ConfigError("a first-frame image conditions generated video: drop it for audio-only or V2A samples")
-    if roles.present("video") and request.audio_duration_s is not None:
-        raise ConfigError(
-            f"audio_duration_s {request.audio_duration_s}: sets the length of audio-only samples; beside video the "
-            "audio lasts num_frames / frame_rate"
-        )
-
-
-def _latent_grid(request: SampleRequest) -> tuple[int, int, int]:
-    """(latent frames, latent height, latent width), checking the pixel geometry the VAE can produce."""
-    width, height, num_frames, frame_rate = request.width, request.height, request.num_frames, request.frame_rate
-    if (
-        width is None
-        or height is None
-        or width <= 0
-        or height <= 0
-        or width % SPATIAL_FACTOR
-        or height % SPATIAL_FACTOR
-    ):
-        raise ConfigError(f"sample size {width}x{height}: width and height must be positive multiples of 32")
-    if num_frames is None or num_frames < 1 or (num_frames - 1) % TEMPORAL_FACTOR:
-        raise ConfigError(f"sample length {num_frames} frames: use 8k + 1 frames (1, 9, 17, ..., 121)")
-    if frame_rate is None or not frame_rate > 0:
-        raise ConfigError(f"sample frame rate {frame_rate}: must be positive")
-    return (num_frames - 1) // TEMPORAL_FACTOR + 1, height // SPATIAL_FACTOR, width // SPATIAL_FACTOR
-
-
-def _sigmas(request: SampleRequest) -> torch.Tensor:
-    if request.sigmas is None:
-        return ltx2_sigmas(request.steps)  # the official 4096-token anchor, whatever the size
-    sigmas = torch.as_tensor(request.sigmas, dtype=torch.float32).cpu()
-    if sigmas.ndim != 1 or len(sigmas) != request.steps + 1:
-        raise ConfigError(f"sigma schedule of shape {list(sigmas.shape)} for {request.steps} steps: give steps + 1")
-    if not bool((sigmas[:-1] > 0).all()) or not bool((sigmas[1:] <= sigmas[:-1]).all()):
-        raise ConfigError(f"sigma schedule {sigmas.tolist()}: must decrease, and only the last sigma may be 0")
-    return sigmas
-
-
-def _check_model(model: nn.Module, roles: ModalityRoles) -> None:
-    mode = getattr(model, "mode", "av")
-    if roles.present("video") and mode == "audio":
-        raise ConfigError(
-            "video was requested but the transformer was loaded with --ltx_mode audio (no video stream): "
-            "load it with --ltx_mode av or video, or sample audio only"
-        )
-    if roles.present("audio") and mode == "video":
-        raise ConfigError(
-            "audio was requested but the transformer was loaded with --ltx_mode video (no audio stream): "
-            "load it with --ltx_mode av or sample video only"
-        )
-
-
 def _contexts(positive: torch.Tensor, negative: torch.Tensor | None, device, dtype) -> tuple[torch.Tensor, ...]:
     for context in (positive, negative):
         if context is not None and (context.ndim != 3 or context.shape[0] != 1):
@@ -283,21 +254,26 @@ def _video_stream(request: SampleRequest, roles: ModalityRoles, generator, grid,
     stream = _Stream(tokens.to(device, dtype), positions, contexts, _params(request.video_guidance, roles.video, roles))
     stream.frozen = frozen
     stream.keyframes = first_frame_keyframes_mask(1, height * width, frames * height * width, device)
-    image = request.first_frame_latent
-    if image is not None:
-        image = image[0] if image.ndim == 5 and image.shape[0] == 1 else image
-        if tuple(image.shape) != (LATENT_CHANNELS, 1, height, width):
-            raise ConfigError(
-                f"first-frame latent of shape {list(image.shape)} for a {request.width}x{request.height} sample: "
-                f"expected [{LATENT_CHANNELS}, 1, {height}, {width}] (encode the image at the sample's size)"
-            )
-        # The first latent frame's tokens come first (frame-major layout): they start clean and stay clean.
-        stream.clean = patchify_video(image[None]).to(device, dtype)
-        count = stream.clean.shape[1]
-        stream.latent[:, :count] = stream.clean
-        stream.denoise = torch.ones((1, stream.latent.shape[1]), dtype=torch.float32, device=device)
-        stream.denoise[:, :count] = 0.0
+    if not frozen:
+        _keep_clean(stream, video_clean_tokens(request, grid), device, dtype)
+        stream.reference = _on_device(video_reference_tokens(request, grid, device), device, dtype)
     return stream
+
+
+def _keep_clean(stream: _Stream, clean: CleanTokens | None, device, dtype) -> None:
+    """Clean tokens start equal to their latents and get timestep 0 (denoise mask 0)."""
+    if clean is None:
+        return
+    stream.clean = clean.tokens.to(device, dtype)
+    stream.clean_mask = clean.mask.to(device).view(1, -1, 1)
+    stream.latent = torch.where(stream.clean_mask, stream.clean, stream.latent)
+    stream.denoise = (~clean.mask).to(device, torch.float32).view(1, -1)
+
+
+def _on_device(reference: ReferenceTokens | None, device, dtype) -> ReferenceTokens | None:
+    if reference is None:
+        return None
+    return ReferenceTokens(reference.tokens.to(device, dtype), reference.positions.to(device))
 
 
 def _audio_stream(request: SampleRequest, roles: ModalityRoles, generator, device, dtype) -> _Stream:
@@ -311,37 +287,21 @@ def _audio_stream(request: SampleRequest, roles: ModalityRoles, generator, devic
             )
         tokens = patchify_audio(latents.float())
     else:
-        count = _audio_count(request, roles)
+        count = request_checks.audio_count(request, roles)
         tokens = torch.randn((1, count, LATENT_CHANNELS), generator=generator, dtype=torch.float32)
     contexts = _stream_contexts(request.audio_context, request.audio_context_negative, frozen, device, dtype)
     positions = audio_positions(1, tokens.shape[1], device=device)
     stream = _Stream(tokens.to(device, dtype), positions, contexts, _params(request.audio_guidance, roles.audio, roles))
     stream.frozen = frozen
+    if not frozen:
+        _keep_clean(stream, audio_clean_tokens(request, tokens.shape[1]), device, dtype)
+        stream.reference = _on_device(audio_reference_tokens(request, device), device, dtype)
     return stream
 
 
-def _audio_count(request: SampleRequest, roles: ModalityRoles) -> int:
-    """Generated audio latents: as long as the video, or `audio_duration_s` (T2A); 25 per second."""
-    if roles.present("video"):
-        count = audio_latent_count(request.num_frames, request.frame_rate)
-        if count < 1:
-            raise ConfigError(
-                f"{request.num_frames} frames at {request.frame_rate} fps hold no audio latent (25 per second); "
-                "generate more frames or video only"
-            )
-        return count
-    seconds = request.audio_duration_s
-    if seconds is None or not round(seconds * AUDIO_LATENTS_PER_SECOND) >= 1:
-        raise ConfigError(
-            f"audio-only sample of {seconds} seconds: give audio_duration_s of at least 0.04 s (25 audio latents "
-            "per second)"
-        )
-    return round(seconds * AUDIO_LATENTS_PER_SECOND)
-
-
 def _guided_x0(model, passes: list[GuidancePass], video: _Stream | None, audio: _Stream | None, sigma, max_batch):
-    """(video x0 | None, audio x0 | None), guided, float32, for the generated streams; the video's clean tokens
-    reset to the image latent."""
+    """(video x0 | None, audio x0 | None), guided, float32, for the generated streams, over the target tokens (a
+    reference's are cut); clean tokens reset to their conditioning latents."""
     streams = (video, audio)
     predictions = [{}, {}]
     for chunk in _chunks(passes, streams, max_batch):
@@ -352,14 +312,16 @@ def _guided_x0(model, passes: list[GuidancePass], video: _Stream | None, audio: 
             if stream is None or stream.frozen:
                 continue
             x0 = inputs[index].latent.float() - velocity.float() * inputs[index].timesteps.unsqueeze(-1)
+            x0 = x0[:, x0.shape[1] - stream.latent.shape[1] :]  # the target tokens: a reference comes first
             predictions[index].update({p.name: x0[i : i + 1] for i, p in enumerate(chunk)})
 
     guided = [
         guide(found, stream.params) if stream is not None and not stream.frozen else None
         for stream, found in zip(streams, predictions, strict=True)
     ]
-    if video is not None and video.clean is not None:  # the official `_post_process_latent` with the denoise mask
-        guided[0][:, : video.clean.shape[1]] = video.clean.float()
+    for index, stream in enumerate(streams):  # the official `_post_process_latent` with the denoise mask
+        if guided[index] is not None and stream.clean is not None:
+            guided[index] = torch.where(stream.clean_mask, stream.clean.float(), guided[index])
     return guided
 
 
@@ -378,13 +340,19 @@ def _chunks(passes, streams, max_batch: int) -> Iterator[list[GuidancePass]]:
 def _batched_input(stream: _Stream, chunk: list[GuidancePass], sigma: torch.Tensor) -> ModalityInput:
     size = len(chunk)
     timesteps = stream.timesteps(sigma.float())
-    return ModalityInput(
+    inputs = ModalityInput(
         latent=stream.latent.expand(size, -1, -1),
         sigma=stream.sigma(sigma.float()).expand(size),
         timesteps=timesteps.expand(size, -1),
         positions=stream.positions.expand(size, -1, -1, -1),
         context=torch.cat([stream.contexts[p.negative] for p in chunk]),
         keyframes_mask=stream.keyframes.expand(size, -1) if stream.keyframes is not None else None,
+    )
+    if stream.reference is None:
+        return inputs
+    reference = stream.reference  # the same construction as training (conditioning.tokens)
+    return prepend_reference(
+        inputs, reference.tokens.expand(size, -1, -1), reference.positions.expand(size, -1, -1, -1)
     )
 
 
