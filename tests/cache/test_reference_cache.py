@@ -261,7 +261,7 @@ def test_missing_partners_are_listed_together_before_any_model_loads(tmp_path, c
         ('control_directory = "refs"\n', "mean the same"),
         ("reference_downscale_factor = 0\n", "must be an integer >= 1"),
         ("control_resolution = [100, 32]\n", "multiples of 32"),
-        ('reference_audio_directory = "refs"\n', "audio datasets only"),
+        ("audio_bucket_interval = 1.0\n", "audio datasets only"),  # video datasets take audio partners, not these
     ],
 )
 def test_dataset_key_mistakes_are_one_line_each(tmp_path, extra, words):
@@ -281,3 +281,107 @@ def test_reference_scaling_that_does_not_fit_is_a_planning_problem(tmp_path):
                            "reference_downscale_factor = 4\n")  # fmt: skip
     plan = plan_latent_jobs(load_dataset_config(jsonl), "video", None, None, AudioSource("video"))
     assert len(plan.partner_problems) == 1 and "32x16" in plan.partner_problems[0]  # 128x64 / 4: not a multiple of 32
+
+
+def _av_clips(tmp_path: Path) -> tuple[Path, Path]:
+    """Clips a and b with tone soundtracks; refs/a is a copy of clip a (so its soundtrack is a's own), refs/b is
+    silent (no audio stream)."""
+    clips, refs = tmp_path / "clips", tmp_path / "refs"
+    for folder in (clips, refs):
+        folder.mkdir()
+    for index, stem in enumerate(("a", "b")):
+        write_video(clips / f"{stem}.mp4", 17, FPS, WIDTH, HEIGHT, audio="tone", seed=index)
+        (clips / f"{stem}.txt").write_text(f"clip {stem}")
+    (refs / "a.mp4").write_bytes((clips / "a.mp4").read_bytes())
+    write_video(refs / "b.mp4", 17, FPS, WIDTH, HEIGHT, seed=5)
+    return clips, refs
+
+
+def _av_config(tmp_path: Path, extra: str) -> Path:
+    config = tmp_path / "dataset.toml"
+    config.write_text(f'[[datasets]]\nvideo_directory = "clips"\ncache_directory = "cache"\nresolution = [{WIDTH}, '
+                      f"{HEIGHT}]\ntarget_frames = [17]\n{extra}")  # fmt: skip
+    return config
+
+
+def test_video_windows_get_reference_audio_and_audio_masks_in_av_runs(tmp_path, checkpoint):
+    from ltx2_tuner.testing.synthetic_caches import write_synthetic_text_caches
+
+    _, refs = _av_clips(tmp_path)
+    write_audio(refs / "b.wav", np.repeat(np.sin(np.arange(16000) / 7.0)[None] * 0.5, 2, 0), 16000)
+    (refs / "b.mp4").unlink()
+    (refs / "a.mp4").rename(refs / "a.m4v")
+    masks = tmp_path / "amasks"
+    masks.mkdir()
+    signal = torch.cat([torch.ones(40), torch.zeros(60)])  # the first 40% kept
+    for stem in ("a", "b"):
+        torch.save(signal, masks / f"{stem}.pt")
+    config = _av_config(tmp_path, 'reference_audio_directory = "refs"\naudio_mask_directory = "amasks"\n')
+    assert _cache(config, checkpoint, "--ltx_mode", "av") == 0
+    cache = tmp_path / "cache"
+    key = naming.item_key("a", 0, 17)
+    target = _tensors(cache / f"{key}_ltx2_audio.safetensors")
+    reference = _tensors(cache / f"{key}_ltx2_ref_audio.safetensors")
+    (audio_key,) = [k for k in target if k.startswith("audio_latents")]
+    steps = target[audio_key].shape[1]
+    # refs/a is clip a itself: the same window of the same soundtrack encodes to the same latents.
+    torch.testing.assert_close(reference[audio_key], target[audio_key])
+    expected = [float(signal[math.floor(i * (len(signal) / steps))] > 0.5) for i in range(steps)]
+    assert _tensors(cache / f"{key}_ltx2_audio_mask.safetensors")[f"audio_mask_{steps}"].tolist() == expected
+
+    write_synthetic_text_caches(config, "av", context_dims=(128, 128))
+    batches = CachedBatches(load_dataset_config(config), "av", seed=0)
+    for index in range(len(batches)):
+        batch = batches[index]
+        assert batch["reference_audio_latents"]["latents"].shape == batch["audio_latents"]["latents"].shape
+        assert batch["audio_mask"].tolist() == [expected]
+        assert "reference_latents" not in batch and "video_mask" not in batch
+    # A video-only run has no audio: the audio partners are neither needed nor in its batches.
+    batches = CachedBatches(load_dataset_config(config), "video", seed=0)
+    assert all("audio_mask" not in batches[i] for i in range(len(batches)))
+
+    os.utime(masks / "b.pt", ns=(1, 1))
+    with pytest.raises(CacheError, match=r"_ltx2_audio_mask.safetensors: stale audio mask cache"):
+        CachedBatches(load_dataset_config(config), "av", seed=0)
+
+
+def test_a_reference_clips_soundtrack_is_its_reference_audio_when_it_has_one(tmp_path, checkpoint):
+    from ltx2_tuner.testing.synthetic_caches import write_synthetic_text_caches
+
+    _av_clips(tmp_path)
+    config = _av_config(tmp_path, 'reference_directory = "refs"\n')
+    assert _cache(config, checkpoint, "--ltx_mode", "av") == 0
+    cache = tmp_path / "cache"
+    key_a, key_b = naming.item_key("a", 0, 17), naming.item_key("b", 0, 17)
+    target = _tensors(cache / f"{key_a}_ltx2_audio.safetensors")
+    reference = _tensors(cache / f"{key_a}_ltx2_ref_audio.safetensors")
+    assert reference.keys() == target.keys()
+    for name in target:
+        torch.testing.assert_close(reference[name], target[name])
+    assert not (cache / f"{key_b}_ltx2_ref_audio.safetensors").exists()  # refs/b has no soundtrack
+    assert (cache / f"{key_b}_ltx2_ref.safetensors").exists()
+
+    write_synthetic_text_caches(config, "av", context_dims=(128, 128))
+    batches = CachedBatches(load_dataset_config(config), "av", seed=0)
+    has_audio_reference = {batches[i]["items"][0]: "reference_audio_latents" in batches[i] for i in range(len(batches))}
+    assert has_audio_reference == {key_a: True, key_b: False}
+    # An audio reference condition on these items: b lacks its file, one line naming it; a video one is satisfied.
+    from ltx2_tuner.training.conditioned import condition_partner_problems
+    from ltx2_tuner.conditioning.spec import Condition
+
+    problems = condition_partner_problems(batches.items, [Condition("reference"), Condition("reference", "audio")])
+    assert len(problems) == 1 and f"1 item(s) have none ({key_b})" in problems[0]
+    assert "reference_audio_directory" in problems[0]
+    # Pruning keeps the soundtrack reference: the dataset still has references.
+    assert _cache(config, checkpoint, "--ltx_mode", "av", "--skip_existing", "--prune_cache") == 0
+    assert (cache / f"{key_a}_ltx2_ref_audio.safetensors").exists()
+
+
+def test_audio_partner_keys_are_refused_on_image_datasets(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "refs").mkdir()
+    config = tmp_path / "dataset.toml"
+    config.write_text('[[datasets]]\nimage_directory = "pics"\ncache_directory = "cache"\n'
+                      'reference_audio_directory = "refs"\n')  # fmt: skip
+    with pytest.raises(DatasetError, match=r"reference_audio_directory.*audio and video datasets only"):
+        load_dataset_config(config)

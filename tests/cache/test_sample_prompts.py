@@ -226,3 +226,43 @@ def test_audio_and_video_condition_options(tmp_path):
     ):
         with pytest.raises(DatasetError, match=message):
             parse_prompt_line(line, "p:1", tmp_path)
+
+
+def test_conditioned_run_options_resolve_paths_and_keep_old_digests(tmp_path):
+    import dataclasses
+    import hashlib
+    import json
+
+    from ltx2_tuner.cache.sample_prompts import prompts_digest
+
+    (tmp_path / "media").mkdir()
+    for name in ("clip.mp4", "ref.mp4", "voice.wav", "mask.png"):
+        (tmp_path / "media" / name).write_bytes(b"")
+    path = tmp_path / "prompts.txt"
+    path.write_text(
+        "a fox --x media/clip.mp4 --r media/ref.mp4 --ra media/voice.wav\n"
+        "a cat --src media/clip.mp4 --m media/mask.png\n"
+        "a dog --f 17\n",
+        "utf-8",
+    )
+    extend, inpaint, plain = read_sample_prompts(path)
+    media = tmp_path / "media"
+    assert (extend.extend, extend.reference, extend.reference_audio) == tuple(
+        str(media / n) for n in ("clip.mp4", "ref.mp4", "voice.wav")
+    )
+    assert (inpaint.source, inpaint.mask) == (str(media / "clip.mp4"), str(media / "mask.png"))
+    # A prompt without the new options digests as before they existed: the fields of the older SamplePrompt only.
+    new = {"reference", "reference_audio", "extend", "source", "mask"}
+    older = {k: v for k, v in dataclasses.asdict(plain).items() if k not in new}
+    assert prompts_digest([plain]) == hashlib.sha256(json.dumps([older], sort_keys=True).encode()).hexdigest()
+    assert prompts_digest([extend]) != prompts_digest([dataclasses.replace(extend, extend=None)])
+    for line, message in (
+        ("a --x media/none.mp4", r"^p:1: --x media/none.mp4: clip to extend not found at .*none.mp4; fix the path"),
+        ("a --r media/none.mp4", r"^p:1: --r media/none.mp4: reference clip not found"),
+        ("a --src media/clip.mp4 --m none.png", r"^p:1: --m none.png: mask not found"),
+        ("a --m media/mask.png", r"^p:1: --m is the inpainting mask of a source clip; give --src PATH too$"),
+        ("a --x media/clip.mp4 --src media/clip.mp4", r"^p:1: --x and --src together"),
+    ):
+        with pytest.raises(DatasetError, match=message) as caught:
+            parse_prompt_line(line, "p:1", tmp_path)
+        assert "\n" not in str(caught.value)

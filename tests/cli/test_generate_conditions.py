@@ -181,7 +181,10 @@ def test_audio_extension_keeps_the_clip_latents(tiny23, tmp_path, sampled):
     [
         (["--direction", "backward"], "--direction: says which way --extend / --extend_audio goes"),
         (["--outpaint_crop", "0,0,32,32"], "--outpaint_crop: needs --source FILE"),
-        (["--source", "{clip}"], "--source: give --outpaint_crop x,y,w,h (outpainting) or --mask FILE"),
+        (
+            ["--source", "{clip}"],
+            "--source: give --outpaint_crop x,y,w,h (outpainting), --mask FILE (inpainting) or --audio_mask FILE",
+        ),
         (["--source", "{clip}", "--outpaint_crop", "0,0,32"], "--outpaint_crop 0,0,32: give four whole numbers"),
         (["--source", "{clip}", "--outpaint_crop", "8,0,32,32"], "--outpaint_crop 8,0,32,32: x, y, w, h must be"),
         (["--source", "{clip}", "--outpaint_crop", "0,0,64,64"], "--outpaint_crop 0,0,64,64: the box must lie"),
@@ -193,6 +196,18 @@ def test_audio_extension_keeps_the_clip_latents(tiny23, tmp_path, sampled):
         (["--extend", "{broken}"], "{broken}"),  # unreadable: the media reader's own line, naming the file
         (["--extend_audio", "{clip}", "--ltx_mode", "video"], "--extend_audio: extends generated sound"),
         (["--extend", "{clip}", "--ltx_mode", "audio"], "--extend: conditions video; --ltx_mode audio"),
+        (["--reference_audio", "{clip}", "--ltx_mode", "video"], "--reference_audio: is the reference of generated"),
+        (["--audio_mask", "{clip}", "--ltx_mode", "av"], "--audio_mask: needs --source FILE"),
+        (
+            ["--source", "{clip}", "--audio_mask", "{clip}", "--extend_audio", "{clip}", "--ltx_mode", "av"],
+            "--extend_audio and --audio_mask: both give the kept audio tokens",
+        ),
+        (["--source", "{clip}", "--audio_mask", "{clip}", "--ltx_mode", "av"], "--source {clip}: has no sound"),
+        (["--reference_audio", "{clip}", "--ltx_mode", "av"], "--reference_audio {clip}: has no sound"),
+        (
+            ["--source", "{clip}", "--mask", "{clip}", "--ltx_mode", "audio", "--duration", "1"],
+            "--source: conditions video; --ltx_mode audio",
+        ),
     ],
 )
 def test_a_bad_condition_flag_is_one_line_before_any_model_loads(tiny23, tmp_path, capsys, flags, expected):
@@ -200,7 +215,7 @@ def test_a_bad_condition_flag_is_one_line_before_any_model_loads(tiny23, tmp_pat
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     flags = [flag.format(clip=clip, broken=broken) for flag in flags]
-    expected = expected.format(broken=broken)
+    expected = expected.format(broken=broken, clip=clip)
     argv = ["--ltx2_checkpoint", str(tiny23["checkpoint"]), "--width", "64", "--height", "64", "--frames", "33"]
     argv += ["--prompt", PROMPT, "--gemma_root", str(tiny23["gemma"]), "--output", str(tmp_path / "x.mp4"), *flags]
     assert run(main, argv) == 2
@@ -252,3 +267,92 @@ def test_reference_factors_read_from_lora_metadata(tmp_path):
     other = _metadata_file(tmp_path / "other.safetensors", {"reference_temporal_scale_factor": "2"})
     with pytest.raises(LoraFileError, match="temporal reference factor 2"):
         reference_factors([both, other])
+
+
+def _audio_calls(monkeypatch):
+    """Every audio ModalityInput the transformer is given, per sampling call."""
+    import ltx2_tuner.sampling as sampling
+
+    calls, real = [], sampling.sample
+
+    def recording(model, request, **kwargs):
+        seen = []
+        handle = model.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+        try:
+            result = real(model, request, **kwargs)
+        finally:
+            handle.remove()
+        calls.append((request, result, seen))
+        return result
+
+    monkeypatch.setattr(sampling, "sample", recording)
+    return calls
+
+
+def _encode_sound(tiny23, path, seconds: float) -> torch.Tensor:
+    """The sound encoded independently of the generator: read from its start, log-mel, the audio VAE encoder."""
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.data.audio import load_audio_clip
+    from ltx2_tuner.data.mel import log_mel_spectrogram
+    from ltx2_tuner.models.model_files import model_files
+
+    vae = model_files(tiny23["checkpoint"], None, None, None).audio_vae()
+    encoder = LatentEncoder(None, vae, torch.device("cpu"), torch.float32, VaeTiling())
+    rate = encoder.audio_vae.config.sample_rate
+    clip = load_audio_clip(path, 0.0, seconds, rate, warn_padding=False)
+    return encoder.encode_audio(log_mel_spectrogram(clip.waveform, rate))[None].float()
+
+
+def _generate_sound(tiny23, tmp_path, *flags: str) -> int:
+    fast = ["--steps", "3", "--device", "cpu", "--mixed_precision", "no", "--ltx_mode", "audio", "--duration", "1"]
+    argv = ["--ltx2_checkpoint", str(tiny23["checkpoint"]), *fast, "--output", str(tmp_path / "out.wav")]
+    return run(main, [*argv, "--prompt", PROMPT, "--gemma_root", str(tiny23["gemma"]), *flags])
+
+
+def test_audio_inpainting_keeps_the_masked_source_sound_exactly_at_every_step(tiny23, tmp_path, monkeypatch):
+    from ltx2_tuner.models import patchify_audio
+
+    calls = _audio_calls(monkeypatch)
+    source = write_audio(tmp_path / "source.wav", tone(1.2, 16000, (330.0, 495.0)), 16000)
+    torch.save(torch.cat([torch.ones(40), torch.zeros(60)]), tmp_path / "keep.pt")  # keep the first 40%
+    assert _generate_sound(tiny23, tmp_path, "--source", str(source), "--audio_mask", str(tmp_path / "keep.pt")) == 0
+
+    ((request, result, inputs),) = calls
+    # 25 latent steps; nearest resampling of 100 mask values: step i takes value floor(i * 100 / 25), kept if > 0.5.
+    keep = torch.tensor([float(i * 100 // 25 < 40) for i in range(25)]).bool()
+    assert torch.equal(request.audio_clean_mask, keep) and int(keep.sum()) == 10
+    expected = _encode_sound(tiny23, source, 1.0)[:, :, :25]
+    torch.testing.assert_close(request.audio_clean_latents, expected, rtol=0, atol=1e-6)
+    clean = patchify_audio(request.audio_clean_latents)[0][keep]
+    assert len(inputs) == 3  # one model call per step, the kept tokens clean in each (timestep 0)
+    for audio in inputs:
+        assert torch.equal(audio.latent[0][keep].float(), clean)
+        assert bool((audio.timesteps[0][keep] == 0).all()) and bool((audio.timesteps[0][~keep] > 0).all())
+    out = patchify_audio(result.audio_latents)[0]
+    assert torch.equal(out[keep], clean)
+    assert (out[~keep] - patchify_audio(expected)[0][~keep]).abs().mean() > 1e-2  # the rest is generated
+
+
+def test_a_reference_sound_is_prepended_at_positions_from_zero(tiny23, tmp_path, monkeypatch):
+    from ltx2_tuner.conditioning.tokens import audio_reference_positions
+    from ltx2_tuner.models import patchify_audio
+
+    calls = _audio_calls(monkeypatch)
+    reference = write_audio(tmp_path / "ref.wav", tone(1.5, 16000, (220.0, 330.0)), 16000)
+    assert _generate_sound(tiny23, tmp_path, "--reference_audio", str(reference)) == 0
+
+    ((request, result, inputs),) = calls
+    expected = _encode_sound(tiny23, reference, 1.0)[:, :, :25]  # read like --audio: the output's 1 s from the start
+    torch.testing.assert_close(request.audio_reference_latents, expected, rtol=0, atol=1e-6)
+    assert result.audio_latents.shape == (1, 8, 25, 16)  # the reference is not part of the output
+    tokens = patchify_audio(request.audio_reference_latents)[0]
+    for audio in inputs:
+        assert audio.latent.shape[1] == 50  # 25 reference tokens, then the 25 generated ones
+        assert torch.equal(audio.latent[0, :25].float(), tokens)
+        assert bool((audio.timesteps[0, :25] == 0).all())
+        torch.testing.assert_close(
+            audio.positions[:, :, :25], audio_reference_positions(25, audio.positions.shape[0]), rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            audio.positions[:, :, 25:], audio_reference_positions(25, audio.positions.shape[0]), rtol=0, atol=0
+        )

@@ -200,7 +200,7 @@ def test_no_cache_and_no_gemma_is_one_line_before_the_model_loads(data, tmp_path
     [
         (["--sample_every_n_steps", "5"], "--sample_every_n_steps: previews need --sample_prompts FILE"),
         (["--sample_at_first", "--sample_steps", "4"], "--sample_at_first, --sample_steps: previews need --sample_pr"),
-        (["--sample_prompts", "{bad}", "--sample_at_first"], "--sample_prompts: {bad}:2: unknown option --x"),
+        (["--sample_prompts", "{bad}", "--sample_at_first"], "--sample_prompts: {bad}:2: unknown option --zz"),
         (["--sample_prompts", "{good}"], "--sample_prompts: no preview is scheduled; add --sample_every_n_steps"),
         (
             ["--sample_prompts", "{good}", "--sample_at_first", "--sample_every_n_epochs", "0"],
@@ -209,7 +209,7 @@ def test_no_cache_and_no_gemma_is_one_line_before_the_model_loads(data, tmp_path
     ],
 )
 def test_preview_flags_fail_in_one_line_before_anything_loads(tmp_path, flags, line):
-    (tmp_path / "bad.txt").write_text("# fine\na fox --x 1\n")
+    (tmp_path / "bad.txt").write_text("# fine\na fox --zz 1\n")
     (tmp_path / "good.txt").write_text("a fox\n")
     names = {"bad": tmp_path / "bad.txt", "good": tmp_path / "good.txt"}
     flags = [flag.format(**names) for flag in flags]
@@ -326,3 +326,126 @@ def test_a2v_and_v2a_previews_use_the_prompts_media_and_sample_the_others_jointl
         assert container.streams.audio[0].rate == 48000
     source = read_frames(mode_prompts["root"] / "clip.mp4", 64, 64, 9, 24.0)
     assert np.abs(written.astype(float) - source.astype(float)).mean() < 4.0  # the clip's frames, H.264 CRF 18
+
+
+# --- previews of a run with [[conditions]] (issue 14): the prompts' --x / --r / --src media ---
+
+
+@pytest.fixture(scope="module")
+def conditioned_prompts(data, tmp_path_factory) -> dict:
+    """A prompt file with an extension, a plain, a reference and an outpainting prompt, and its sample-prompt cache
+    (random text embeddings of the tiny model's widths: the conditions, not the text, are under test)."""
+    from ltx2_tuner.cache.sample_prompts import cache_sample_prompts, read_sample_prompts
+    from ltx2_tuner.testing.synthetic_media import write_video
+
+    root = tmp_path_factory.mktemp("conditioned_previews")
+    write_video(root / "clip.mp4", 24, 24, 64, 64)
+    prompts_file = root / "prompts.txt"
+    prompts_file.write_text(
+        "a fox runs on --x clip.mp4 --w 64 --h 64 --f 17 --s 2\n"
+        "a plain fox --w 64 --h 64 --f 17 --s 2\n"
+        "a fox like the reference --r clip.mp4 --w 64 --h 64 --f 17 --s 2\n"
+        "a wider fox --src clip.mp4 --w 64 --h 64 --f 9 --s 2\n",
+        encoding="utf-8",
+    )
+    info = read_checkpoint_info(data["checkpoint"])
+    generator = torch.Generator().manual_seed(0)
+
+    def encode(texts):
+        size = (len(texts), 1024)
+        return (
+            torch.randn(*size, 32, generator=generator),
+            torch.randn(*size, 16, generator=generator),
+            torch.ones(size),
+        )
+
+    fingerprint = {"connectors": {"file": info.fingerprint, "version": info.version}, "mode": "av"}
+    cache_sample_prompts(sample_cache_path(prompts_file), read_sample_prompts(prompts_file), encode, fingerprint)
+    return {"file": prompts_file, "root": root, "info": info}
+
+
+def _conditioned_runner(conditioned_prompts, tmp_path, *conditions):
+    from types import SimpleNamespace
+
+    from ltx2_tuner.training.previews import PreviewRunner
+
+    args = SimpleNamespace(sample_prompts=conditioned_prompts["file"], ltx_mode="video", frozen_modality=None,
+                           output_dir=tmp_path, output_name="lora", sample_steps=None)  # fmt: skip
+    files = model_files(conditioned_prompts["info"])
+    return PreviewRunner.prepare(args, files, _Accelerator(), torch.float32, conditions)
+
+
+def _encode_frames(info, frames: np.ndarray) -> torch.Tensor:
+    from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
+    from ltx2_tuner.data.transforms import frames_to_model_input
+
+    encoder = LatentEncoder(info, None, torch.device("cpu"), torch.float32, VaeTiling())
+    return encoder.encode_video(frames_to_model_input(frames)[None]).float()
+
+
+def test_a_prefix_run_previews_keep_the_clips_latent_frames(conditioned_prompts, tmp_path, capsys):
+    from ltx2_tuner.conditioning.spec import Condition
+    from ltx2_tuner.models import load_transformer
+    from ltx2_tuner.sampling import sample
+    from ltx2_tuner.sampling.conditions import read_frames
+
+    runner = _conditioned_runner(conditioned_prompts, tmp_path, Condition("prefix", temporal_boundary=1))
+    note = [line for line in capsys.readouterr().out.splitlines() if "lack the media" in line]
+    assert len(note) == 1 and "prompt(s) 1 (no --x), 2 (no --x), 3 (no --x)" in note[0]  # one note per run
+    request = runner.request(0)
+    # The run trains a 1-latent-frame prefix: the clip's first 8 * (1 - 1) + 1 frames, encoded alone.
+    expected = _encode_frames(conditioned_prompts["info"], read_frames(conditioned_prompts["root"] / "clip.mp4",
+                                                                       64, 64, 1, 24.0))  # fmt: skip
+    tokens_per_frame = 2 * 2
+    assert request.video_clean_mask.tolist() == [True] * tokens_per_frame + [False] * 2 * tokens_per_frame
+    assert torch.allclose(request.video_clean_latents[:, :, :1], expected, atol=1e-5)
+    model = load_transformer(conditioned_prompts["info"], mode="video")
+    result = sample(model, request, device=torch.device("cpu"), dtype=torch.float32)
+    assert torch.allclose(result.video_latents[:, :, :1], expected, atol=1e-5)  # kept through every step
+    assert not torch.allclose(result.video_latents[:, :, 1:], request.video_clean_latents[:, :, 1:], atol=1e-3)
+    plain = runner.request(1)  # no --x: sampled without the condition
+    assert plain.video_clean_latents is None and plain.video_clean_mask is None
+    assert runner.request(2).video_reference_latents is None  # --r in a run without a reference condition
+
+
+def test_a_reference_run_reads_the_reference_at_the_measured_factors(conditioned_prompts, tmp_path, capsys):
+    from ltx2_tuner.conditioning.spec import Condition
+    from ltx2_tuner.sampling.conditions import read_frames
+
+    runner = _conditioned_runner(conditioned_prompts, tmp_path, Condition("reference"))
+    assert "0 (no --r), 1 (no --r), 3 (no --r)" in capsys.readouterr().out
+    assert runner.request(2).video_reference_latents is None  # until the trainer has measured the factors
+    runner.encode_references({"reference_spatial_scale_factor": "2", "reference_temporal_scale_factor": "2"})
+    request = runner.request(2)
+    assert (request.reference_spatial_factor, request.reference_temporal_factor, request.reference_fps) == (2, 2, 12)
+    frames = read_frames(conditioned_prompts["root"] / "clip.mp4", 32, 32, 17, 24.0)[[0, *range(1, 17, 2)]]
+    expected = _encode_frames(conditioned_prompts["info"], frames)  # 32x32, 9 frames: [1, 128, 2, 1, 1]
+    assert request.video_reference_latents.shape == (1, 128, 2, 1, 1)
+    assert torch.allclose(request.video_reference_latents, expected, atol=1e-5)
+    for plain in (runner.request(0), runner.request(1)):
+        assert plain.video_reference_latents is None and plain.reference_spatial_factor == 1
+
+
+def test_an_outpainting_run_keeps_the_source_inside_the_trained_box(conditioned_prompts, tmp_path):
+    from ltx2_tuner.conditioning.spec import Condition
+
+    box = Condition("spatial_crop", region=(0, 0, 64, 32))  # y1, x1, y2, x2: the left half of the 64x64 preview
+    request = _conditioned_runner(conditioned_prompts, tmp_path, box).request(3)
+    left_column = [True, False] * 2  # 2x2 tokens per latent frame, in (row, column) order
+    assert request.video_clean_mask.tolist() == left_column * 2 and request.video_clean_latents.shape == (
+        1,
+        128,
+        2,
+        2,
+        2,
+    )
+
+
+def test_a_missing_condition_clip_is_one_line_at_flag_check(tmp_path):
+    (tmp_path / "prompts.txt").write_text("a fox --x clips/missing.mp4\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_args(["--dataset_config", "missing.toml", "--ltx2_checkpoint", "missing.safetensors",
+                    "--sample_prompts", str(tmp_path / "prompts.txt"), "--sample_at_first"])  # fmt: skip
+    message = str(caught.value)
+    assert message.startswith(f"--sample_prompts: {tmp_path / 'prompts.txt'}:1: --x clips/missing.mp4: clip to extend")
+    assert str(tmp_path / "clips" / "missing.mp4") in message and "\n" not in message

@@ -127,3 +127,17 @@ def test_an_audio_to_audio_ic_lora_with_extension_learns(small_checkpoint, tmp_p
     after = fixed_batch_loss(small_checkpoint, config, "audio", lora, conditions=conditions)
     print(f"a2a ic-lora + audio prefix: fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.8 * before, (before, after)
+
+
+def test_a_condition_without_its_partner_files_stops_before_training_in_one_line(small_checkpoint, tmp_path, capsys):
+    config = _pairs(tmp_path, "", '[[conditions]]\ntype = "mask"\n')  # no mask_directory
+    assert run(cache_latents, ["--dataset_config", str(config), "--ltx2_checkpoint", str(small_checkpoint),
+                               "--device", "cpu"]) == 0  # fmt: skip
+    write_synthetic_text_caches(config, "video", context_dims=(128, 128))
+    capsys.readouterr()
+    assert run(train, ["--dataset_config", str(config), "--ltx2_checkpoint", str(small_checkpoint), "--output_dir",
+                       str(tmp_path / "out"), "--max_data_loader_n_workers", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert 'the video "mask" condition needs a mask cache per item, 2 item(s) have none' in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "ltx2_lora.safetensors").exists()

@@ -9,7 +9,10 @@ so a run never fails later inside a DataLoader worker on a missing key.
 
 Datasets with references or masks (docs/dataset-config.md "References and masks") need each item's partner caches
 too (cache.partner_jobs): `{key}_ltx2_ref`, `_ltx2_mask` when video is present, `_ltx2_ref_audio`, `_ltx2_audio_mask`
-when audio is; each must have been made from the current partner file for the same window and bucket as the item.
+when audio is (audio items, and video windows in AV and audio runs: checked against the window's audio sidecar and
+its latent steps); each must have been made from the current partner file for the same window and bucket as the
+item. A video dataset with references and no reference audio needs `_ltx2_ref_audio` exactly for the items whose
+reference clip has a soundtrack (data.items.soundtrack_reference).
 """
 
 from __future__ import annotations
@@ -32,9 +35,16 @@ from ltx2_tuner.cache.partner_jobs import (
 )
 from ltx2_tuner.cache.store import fingerprint_from_metadata, source_stamp
 from ltx2_tuner.data.config import DatasetConfig
-from ltx2_tuner.data.items import declared_partners, find_partner, list_media, read_caption
+from ltx2_tuner.data.items import (
+    declared_partners,
+    find_partner,
+    list_media,
+    read_caption,
+    reference_soundtrack,
+    soundtrack_reference,
+)
 from ltx2_tuner.data.masks import AUDIO_MASK_RULES, VIDEO_MASK_RULES
-from ltx2_tuner.errors import CacheError, CheckpointError, DatasetError
+from ltx2_tuner.errors import CacheError, CheckpointError, DatasetError, MediaError
 from ltx2_tuner.models.model_files import latent_space
 from ltx2_tuner.models.safetensors_io import SafetensorsHeader, read_header, read_tensors
 from ltx2_tuner.roles import ModalityRoles
@@ -250,8 +260,11 @@ class _Scan:
         self.digest = dataset_digest(dataset)
         kinds = declared_partners(dataset, list(by_stem.values()))
         video_kinds = [k for k in kinds if k in PICTURE_PARTNERS] if roles.present("video") else []
-        audio_kinds = [k for k in kinds if k in AUDIO_PARTNERS] if roles.present("audio") else []
+        with_audio = roles.present("audio") and dataset.kind != "image"
+        audio_kinds = [k for k in kinds if k in AUDIO_PARTNERS] if with_audio else []
         self.partner_kinds = video_kinds + audio_kinds
+        self.soundtrack = with_audio and soundtrack_reference(dataset, kinds)  # reference clips' own audio
+        self._soundtracks: dict[Path, Path | None] = {}
         self.found: dict[str, int] = defaultdict(int)
         self.ignored = 0
 
@@ -304,7 +317,9 @@ class _Scan:
                 return lengths
             shape = (*shape, lengths[0])
         text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
-        partners = self._partners(key, media, fingerprint, shape[:3])
+        # Audio partners of a window are checked against its audio sidecar and its latent steps.
+        audio_target = _open(audio_path, AUDIO_FIELDS)[1] if audio_path is not None else None
+        partners = self._partners(key, media, fingerprint, shape[:3], audio_target, shape[3:4])
         if partners is None:
             return None
         shape = (*shape, *partners.pop("shape"))
@@ -315,22 +330,29 @@ class _Scan:
         if lengths is None or lengths == "no audio":
             return lengths
         text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
-        partners = self._partners(key, media, fingerprint, (lengths[0],))
+        partners = self._partners(key, media, fingerprint, (lengths[0],), fingerprint, (lengths[0],))
         if partners is None:
             return None
         shape = (lengths[0], *partners.pop("shape"))
         fps = float(fingerprint["fps"] or 0.0)
         return CachedItem(key, self.dataset, None, path, text_path, fps, shape, **partners)
 
-    def _partners(self, key: str, media, target: dict, grid: tuple[int, ...]) -> dict | None:
+    def _partners(self, key: str, media, target: dict, grid: tuple[int, ...], audio_target: dict | None = None,
+                  audio_grid: tuple[int, ...] = ()) -> dict | None:  # fmt: skip
         """CachedItem fields of the item's partner caches (plus "shape": the reference dims), or None after adding
         a problem line per bad file. `target` is the item's own cache fingerprint, `grid` its latent (F, H, W) or
-        (T,)."""
+        (T,); `audio_target` / `audio_grid` the same of its audio cache (for the audio partners)."""
         fields: dict = {"shape": ()}
         ok = True
-        for kind in self.partner_kinds:
+        kinds = list(self.partner_kinds)
+        if self.soundtrack and self._soundtrack(media) is not None:
+            kinds.append("reference_audio")
+        for kind in kinds:
             path = naming.partner_cache_path(self.dataset.cache_directory, key, kind)
-            problem, dims = self._partner_problem(path, kind, media, target, grid)
+            audio = kind in AUDIO_PARTNERS
+            problem, dims = self._partner_problem(
+                path, kind, media, audio_target if audio else target, audio_grid if audio else grid
+            )
             if problem is not None:
                 self.problems.add(path, problem, self.problems.latents_fix)
                 ok = False
@@ -358,12 +380,26 @@ class _Scan:
         ):
             return f"stale {what} cache (its item was cached again with other settings)", ()
         try:
-            source = find_partner(media, kind)
-        except DatasetError as error:
+            source = self._source(media, kind)
+        except (DatasetError, MediaError) as error:
             return str(error), ()
         if fingerprint["source"] != source_stamp(source):
             return f"stale {what} cache, {source} changed since it was cached", ()
         return self._partner_content_problem(header, kind, fingerprint, grid)
+
+    def _soundtrack(self, media) -> Path | None:
+        """The item's reference clip when it has sound (probed once per item), else None."""
+        if media.path not in self._soundtracks:
+            try:
+                self._soundtracks[media.path] = reference_soundtrack(media)
+            except (DatasetError, MediaError):
+                self._soundtracks[media.path] = None  # a missing or unreadable reference: its video check says so
+        return self._soundtracks[media.path]
+
+    def _source(self, media, kind: str) -> Path:
+        if kind == "reference_audio" and self.soundtrack:
+            return find_partner(media, "reference")
+        return find_partner(media, kind)
 
     def _partner_content_problem(self, header, kind: str, fingerprint: dict, grid: tuple[int, ...]):
         dataset = self.dataset

@@ -15,7 +15,7 @@ VAE, not the frame bucket), so the sidecar of a video window cached in audio mod
 other way round.
 
 Datasets with references or masks (`reference_directory`, `mask_directory`, ...) give each job partner files
-(cache.partner_jobs): their problems (a missing partner file, a reference too short or of a size that does not fit)
+(cache.partner_jobs; video windows get audio ones too in AV and audio runs): their problems (a missing partner file, a reference too short or of a size that does not fit)
 are collected in `LatentPlan.partner_problems`, all of them, before any model loads.
 """
 
@@ -33,7 +33,7 @@ from ltx2_tuner.data.audio_buckets import dataset_audio_bucket
 from ltx2_tuner.data.buckets import select_bucket
 from ltx2_tuner.data.config import DatasetConfig, check_dataset_kinds
 from ltx2_tuner.data.frames import FrameWindow, available_frames, frame_windows, sampling_fps
-from ltx2_tuner.data.items import MediaItem, declared_partners, list_media
+from ltx2_tuner.data.items import MediaItem, declared_partners, list_media, soundtrack_reference
 from ltx2_tuner.errors import MediaError
 
 IMAGE_FPS = 24.0  # an image is one frame of a 24 fps clip (the official trainer's 1.0 skews its RoPE time)
@@ -124,7 +124,7 @@ def plan_latent_jobs(
         digest = dataset_digest(dataset)
         items = list_media(dataset)
         kinds = declared_partners(dataset, items)
-        fitting = AUDIO_PARTNERS if dataset.kind == "audio" else PICTURE_PARTNERS
+        fitting = _FITTING_PARTNERS[dataset.kind]
         for kind in (kind for kind in kinds if kind not in fitting):
             partners.problems.append(
                 f'{dataset.source}: "{kind}_path" is not for {dataset.kind} datasets (they take '
@@ -143,6 +143,10 @@ def plan_latent_jobs(
                     )
     plan.partner_problems = partners.problems
     return plan
+
+
+# The partner kinds each dataset kind takes (video: the audio ones too, over each window's audio).
+_FITTING_PARTNERS = {"image": PICTURE_PARTNERS, "video": PICTURE_PARTNERS + AUDIO_PARTNERS, "audio": AUDIO_PARTNERS}
 
 
 def _audio_fingerprint(source: dict, digest: str, window: list, fps: float | None, audio_checkpoint, audio) -> dict:
@@ -288,9 +292,9 @@ def unusable_cache_files(plan: LatentPlan, datasets: list[DatasetConfig]) -> lis
     kinds_of = {}
     for dataset in datasets:
         kinds = declared_partners(dataset, list_media(dataset))
-        kinds_of[dataset.cache_directory] = [
-            k for k in kinds if k in (AUDIO_PARTNERS if dataset.kind == "audio" else PICTURE_PARTNERS)
-        ]
+        kinds_of[dataset.cache_directory] = [k for k in kinds if k in _FITTING_PARTNERS[dataset.kind]]
+        if soundtrack_reference(dataset, kinds):  # reference clips' soundtracks
+            kinds_of[dataset.cache_directory].append("reference_audio")
     usable |= {
         naming.partner_cache_path(job.item.dataset.cache_directory, job.key, kind)
         for job in plan.jobs

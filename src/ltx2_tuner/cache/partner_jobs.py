@@ -8,6 +8,12 @@ inpainting masks on the target's latent grid (docs/dataset-config.md "References
 | reference_audio | `{key}_ltx2_ref_audio.safetensors` | the reference audio over the item's audio window | audio present |
 | audio_mask | `{key}_ltx2_audio_mask.safetensors` | a tensor file or an audio envelope, resampled to T | audio present |
 
+Audio datasets take the audio partners; video datasets take all four (the audio ones in AV and audio runs, over each
+window's audio: AV2AV, reference ltx-2.5-and-conditioning-modes.md B2). A video dataset with references and no
+reference audio of its own uses each reference clip's soundtrack, when the clip has one (data.items
+.soundtrack_reference); a clip without one gets no reference audio file, and the trainer refuses an audio reference
+condition on such items.
+
 Reference scaling follows the official preprocessing (reference ltx-2.5-and-conditioning-modes.md B3): frames are
 subsampled keeping frame 0 and every S-th after it, the count must stay 8k+1, and the size must stay a multiple
 of 32 and divide the target's by one whole factor (the trainer infers (spatial, temporal) from the shapes).
@@ -26,13 +32,13 @@ import torch
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.store import source_stamp, write_cache
 from ltx2_tuner.data.config import BUCKET_STEP, IMAGE_EXTENSIONS
-from ltx2_tuner.data.items import MediaItem, find_partner
+from ltx2_tuner.data.items import MediaItem, find_partner, reference_soundtrack, soundtrack_reference
 from ltx2_tuner.data.masks import AUDIO_MASK_RULES, VIDEO_MASK_RULES
 from ltx2_tuner.errors import CacheError, DatasetError, MediaError
 from ltx2_tuner.models.safetensors_io import read_header
 
 PICTURE_PARTNERS = ("reference", "mask")  # image and video datasets, video present
-AUDIO_PARTNERS = ("reference_audio", "audio_mask")  # audio datasets, audio present
+AUDIO_PARTNERS = ("reference_audio", "audio_mask")  # audio and video datasets, audio present
 REFERENCE_FINGERPRINT_FIELDS = ("source", "checkpoint", "dataset", "target_bucket", "bucket", "window", "fps",
                                 "factors")  # fmt: skip
 MASK_FINGERPRINT_FIELDS = ("source", "dataset", "bucket", "window", "fps", "rules")
@@ -91,15 +97,21 @@ class PartnerPlanner:
         self.mode, self.video_checkpoint, self.audio_checkpoint = mode, video_checkpoint, audio_checkpoint
         self.problems: list[str] = []
         self._probed: dict[Path, tuple[tuple[int, int], float] | None] = {}
+        self._soundtracks: dict[Path, Path | None] = {}
 
     def files_for(self, job, kinds: tuple[str, ...], digest: str) -> tuple[PartnerFile, ...]:
         """The partner files of a LatentJob, given its dataset's declared partner kinds."""
-        kinds = (
-            picture_partner_kinds(kinds, self.mode) if job.bucket is not None else audio_partner_kinds(kinds, self.mode)
-        )
+        soundtrack = soundtrack_reference(job.item.dataset, kinds) and job.audio_window_s is not None
+        wanted = picture_partner_kinds(kinds, self.mode) if job.bucket is not None else ()
+        wanted += audio_partner_kinds(kinds, self.mode) if job.audio_window_s is not None else ()
         files = []
-        for kind in kinds:
+        for kind in wanted + (("soundtrack",) if soundtrack else ()):
             try:
+                if kind == "soundtrack":  # the reference clip's own audio, when it has some
+                    source = self._soundtrack(job.item)
+                    if source is not None:
+                        files.append(self._reference_audio(job, source, digest))
+                    continue
                 source = find_partner(job.item, kind)
                 files.append(getattr(self, f"_{kind}")(job, source, digest))
             except (DatasetError, MediaError) as error:
@@ -107,6 +119,17 @@ class PartnerPlanner:
                 if message not in self.problems:  # one line per item, not per window
                     self.problems.append(message)
         return tuple(files)
+
+    def _soundtrack(self, item: MediaItem) -> Path | None:
+        if item.path not in self._soundtracks:
+            self._soundtracks[item.path] = reference_soundtrack(item)
+        return self._soundtracks[item.path]
+
+    @staticmethod
+    def _audio_window(job) -> list:
+        """The fingerprint "window" of an audio partner: the item's own audio cache's (frames of a video window,
+        seconds of an audio item), so the trainer can match the two."""
+        return [job.window.start, job.window.num_frames] if job.window is not None else list(job.audio_window_s)
 
     def _probe(self, source: Path) -> tuple[tuple[int, int], float]:
         """((width, height), duration in seconds; inf for an image) of a partner picture file."""
@@ -185,7 +208,7 @@ class PartnerPlanner:
         fingerprint = {
             "source": source_stamp(source),
             "dataset": digest,
-            "window": list(job.audio_window_s),
+            "window": self._audio_window(job),
             "audio_checkpoint": self.audio_checkpoint,
             "audio_preprocessing": AUDIO_PREPROCESSING,
         }
@@ -196,7 +219,7 @@ class PartnerPlanner:
         fingerprint = {
             "source": source_stamp(source),
             "dataset": digest,
-            "window": list(job.audio_window_s),
+            "window": self._audio_window(job),
             "audio_checkpoint": self.audio_checkpoint,
             "rules": AUDIO_MASK_RULES,
         }

@@ -4,7 +4,7 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
 
     line    := prompt { option }                 blank lines and lines starting with "#" are skipped
     option  := "--" name value                   an option starts at whitespace + "--" + a letter
-    name    := w | h | f | fs | fps | d | s | g | ga | i | a | v | du | n
+    name    := w | h | f | fs | fps | d | s | g | ga | i | a | v | du | r | ra | x | src | m | n
 
     --w INT    width in pixels, multiple of 32              (default 768)
     --h INT    height in pixels, multiple of 32             (default 512)
@@ -18,6 +18,14 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
     --a PATH   audio to make video for (A2V previews, --frozen_modality audio): its first f / fs seconds
     --v PATH   video to make sound for (V2A previews, --frozen_modality video): f frames at fs, resized to w x h
     --du NUM   length in seconds of audio-only previews (--ltx_mode audio) (default: f / fs)
+    --r PATH   reference clip of a run with a video `reference` condition (IC-LoRA): read at w x h / the run's
+               spatial factor, keeping frame 0 and every temporal-factor-th frame (the factors the trainer measured)
+    --ra PATH  reference sound of a run with an audio `reference` condition (A2A): its first f / fs seconds
+    --x PATH   the clip to extend in a run with a `prefix` (forward) or `suffix` (backward) condition: its frames
+               (video condition) and/or sound (audio condition) are the kept start or end of the preview
+    --src PATH the source clip of a run with a `mask` condition (inpainting, with --m) or a `spatial_crop` condition
+               (outpainting: the source fills the run's crop box, the rest is generated)
+    --m PATH   the inpainting mask of --src (white = keep, black = regenerate; an audio mask for an audio condition)
     --n TEXT   negative prompt: the text up to the next option (default: DEFAULT_NEGATIVE_PROMPT, the official one)
 
     # a comment
@@ -25,9 +33,10 @@ Prompt file grammar (musubi-tuner style), UTF-8, one prompt per line:
 
 Unset steps and guidance scales are None here; the preview fills in the model version's official defaults
 (sampling.defaults), so one prompt file serves both model families. --a and --v paths are relative to the prompt
-file's folder like --i; --v excludes --i and --a (--i with --a is an I2V start for A2V), and --du goes without
---a / --v. Options of
-another mode are not errors: the previews of a video-only run ignore --a, an audio-only run ignores --w/--h/--i.
+file's folder like --i, as are --r, --ra, --x, --src and --m; --v excludes --i and --a (--i with --a is an I2V start
+for A2V), --du goes without --a / --v, and --m goes with --src. Options of another mode are not errors: the previews
+of a video-only run ignore --a, an audio-only run ignores --w/--h/--i, a run without the matching condition ignores
+--r/--ra/--x/--src/--m (the trainer says so once).
 
 The cache, `{prompt file stem}_ltx2_sample_te.safetensors` beside the prompt file, holds per prompt i
 `video_prompt_embeds_{i}` [1024, Dv] (video and AV modes), `audio_prompt_embeds_{i}` (AV and audio modes),
@@ -91,6 +100,12 @@ class SamplePrompt:
     audio: str | None = None  # A2V: the audio the video is made for (resolved like image)
     video: str | None = None  # V2A: the video the sound is made for (resolved like image)
     duration_s: float | None = None  # T2A: seconds of audio; None = num_frames / frame_rate
+    # Held-out media of a conditioned run (issue 14), resolved like image; left out of the cache digest when unset.
+    reference: str | None = None  # --r: IC-LoRA reference clip
+    reference_audio: str | None = None  # --ra: A2A reference sound
+    extend: str | None = None  # --x: the clip to extend
+    source: str | None = None  # --src: the inpainting / outpainting source
+    mask: str | None = None  # --m: the inpainting mask of --src
 
     @property
     def audio_seconds(self) -> float:
@@ -113,9 +128,25 @@ _OPTIONS = {
     "a": ("audio", str),
     "v": ("video", str),
     "du": ("duration_s", float),
+    "r": ("reference", str),
+    "ra": ("reference_audio", str),
+    "x": ("extend", str),
+    "src": ("source", str),
+    "m": ("mask", str),
     "n": ("negative_prompt", str),
 }
-_MEDIA_OPTIONS = {"image": ("i", "image"), "audio": ("a", "audio file"), "video": ("v", "video file")}
+_MEDIA_OPTIONS = {
+    "image": ("i", "image"),
+    "audio": ("a", "audio file"),
+    "video": ("v", "video file"),
+    "reference": ("r", "reference clip"),
+    "reference_audio": ("ra", "reference sound"),
+    "extend": ("x", "clip to extend"),
+    "source": ("src", "source clip"),
+    "mask": ("m", "mask"),
+}
+# Options added after caches existed: written to the digest's JSON only when set, so older caches stay current.
+_OPTIONAL_FIELDS = ("reference", "reference_audio", "extend", "source", "mask")
 # Which stored text-cache mode serves a mode: AV embeddings hold both contexts.
 _SERVES = {"video": ("video", "av"), "av": ("av",), "audio": ("audio", "av")}
 
@@ -188,6 +219,10 @@ def _check(sample: SamplePrompt, where: str) -> None:
                 f"{where}: --{option} and --v together; --v gives the whole video (video-to-audio), so it takes "
                 f"no --{option}"
             )
+    if sample.mask is not None and sample.source is None:
+        raise DatasetError(f"{where}: --m is the inpainting mask of a source clip; give --src PATH too")
+    if sample.extend is not None and sample.source is not None:
+        raise DatasetError(f"{where}: --x and --src together; both give the kept frames of the preview, use one")
     if sample.duration_s is not None:
         if not sample.duration_s * 25 >= 1:  # 25 audio latents per second; `not >=` also refuses nan
             raise DatasetError(f"{where}: --du {sample.duration_s} must be at least 0.04 seconds")
@@ -222,7 +257,15 @@ def prompts_digest(prompts: list[SamplePrompt]) -> str:
 
 
 def _prompts_json(prompts: list[SamplePrompt]) -> str:
-    return json.dumps([dataclasses.asdict(p) for p in prompts], sort_keys=True)
+    return json.dumps([_prompt_fields(p) for p in prompts], sort_keys=True)
+
+
+def _prompt_fields(prompt: SamplePrompt) -> dict:
+    fields = dataclasses.asdict(prompt)
+    for name in _OPTIONAL_FIELDS:
+        if fields[name] is None:
+            del fields[name]
+    return fields
 
 
 def write_sample_prompt_cache(

@@ -100,29 +100,42 @@ class TokenConditions:
     source: Path | None = None
     outpaint_crop: tuple[int, int, int, int] | None = None  # x, y, w, h in pixels
     mask: Path | None = None
+    reference_audio: Path | None = None  # A2A / AV2AV reference sound
+    audio_mask: Path | None = None  # audio inpainting of the --source sound
 
 
 _VIDEO_CONDITION_FLAGS = ("extend", "reference", "reference_downscale", "source", "outpaint_crop", "mask")
+_AUDIO_CONDITION_FLAGS = ("extend_audio", "reference_audio", "audio_mask")
 
 
 def condition_flag_problems(args) -> list[str]:
     """Condition flags that do not fit --ltx_mode or each other, one line each."""
-    given = {flag for flag in (*_VIDEO_CONDITION_FLAGS, "extend_audio", "direction") if getattr(args, flag) is not None}
+    given = {f for f in (*_VIDEO_CONDITION_FLAGS, *_AUDIO_CONDITION_FLAGS, "direction") if getattr(args, f) is not None}
     problems = []
+    audio_source = args.ltx_mode == "audio" and "audio_mask" in given  # --source is then a sound to inpaint
     if args.ltx_mode == "audio":
         problems += [f"--{f}: conditions video; --ltx_mode audio generates sound only" for f in _VIDEO_CONDITION_FLAGS
-                     if f in given]  # fmt: skip
-    if "extend_audio" in given and args.ltx_mode == "video":
-        problems.append("--extend_audio: extends generated sound; use --ltx_mode audio or av")
+                     if f in given and not (f == "source" and audio_source)]  # fmt: skip
+    for flag, what in (("extend_audio", "extends"), ("reference_audio", "is the reference of"),
+                       ("audio_mask", "inpaints")):  # fmt: skip
+        if flag in given and args.ltx_mode == "video":
+            problems.append(f"--{flag}: {what} generated sound; use --ltx_mode audio or av")
+        elif flag in given and args.audio is not None:
+            problems.append(f"--{flag}: the sound comes from --audio (audio-to-video) and is not generated; drop one")
+    if {"extend_audio", "audio_mask"} <= given:
+        problems.append("--extend_audio and --audio_mask: both give the kept audio tokens; use one")
+    if "audio_mask" in given and "source" not in given:
+        problems.append("--audio_mask: needs --source FILE, the clip (or sound) whose audio to inpaint")
     if "direction" in given and not given & {"extend", "extend_audio"}:
         problems.append("--direction: says which way --extend / --extend_audio goes; give one of them")
     if args.video is not None:
         problems += [f"--{f}: the frames come from --video (video-to-audio) and are not generated; drop --{f}"
                      for f in ("extend", "reference", "source") if f in given]  # fmt: skip
-    if args.audio is not None and "extend_audio" in given:
-        problems.append("--extend_audio: the sound comes from --audio (audio-to-video) and is not generated")
-    if "source" in given and ("outpaint_crop" in given) == ("mask" in given):
+    if "source" in given and "outpaint_crop" in given and "mask" in given:
         problems.append("--source: give --outpaint_crop x,y,w,h (outpainting) or --mask FILE (inpainting), one of them")
+    elif "source" in given and not given & {"outpaint_crop", "mask", "audio_mask"}:
+        problems.append("--source: give --outpaint_crop x,y,w,h (outpainting), --mask FILE (inpainting) or "
+                        "--audio_mask FILE (audio inpainting)")  # fmt: skip
     if "source" not in given:
         problems += [f"--{f}: needs --source FILE, the clip to {what}" for f, what in
                      (("outpaint_crop", "outpaint"), ("mask", "inpaint")) if f in given]  # fmt: skip
@@ -138,8 +151,8 @@ def condition_flag_problems(args) -> list[str]:
         problems.append(
             f"--outpaint_crop {args.outpaint_crop}: give four whole numbers x,y,w,h (pixels), e.g. 64,0,256,512"
         )
-    problems += [f"--{f} {getattr(args, f)}: file not found" for f in ("extend", "extend_audio", "reference", "source", "mask")
-                 if f in given and not getattr(args, f).is_file()]  # fmt: skip
+    problems += [f"--{f} {getattr(args, f)}: file not found" for f in ("extend", "extend_audio", "reference", "source",
+                 "mask", "reference_audio", "audio_mask") if f in given and not getattr(args, f).is_file()]  # fmt: skip
     return problems
 
 
@@ -156,7 +169,7 @@ def token_conditions(args, job, factors) -> tuple[TokenConditions, list[str]]:
     """A job's TokenConditions and the problems with its size and length (the files exist: condition_flag_problems).
     `factors`: the LoRAs' networks.lora_files.ReferenceFactors; --reference_downscale overrides the spatial one."""
     problems, fields = [], {"direction": args.direction or "forward"}
-    if job.frames == 1 and (args.extend or args.reference or args.source):
+    if job.frames == 1 and (args.extend or args.reference or (args.source and args.ltx_mode != "audio")):
         return TokenConditions(), ["--frames 1: extension, references and in/outpainting condition clips; use 9+"]
     if args.extend is not None:
         fields["extend"] = args.extend
@@ -166,11 +179,17 @@ def token_conditions(args, job, factors) -> tuple[TokenConditions, list[str]]:
         fields.update(reference=args.reference, reference_factors=(spatial, factors.temporal))
         problems += _reference_problems(args, job, spatial, factors.temporal, factors.source)
     if args.source is not None:
-        fields.update(source=args.source, mask=args.mask)
-        problems += _held_frames_problems("--source", args.source, job)
+        fields.update(source=args.source, mask=args.mask, audio_mask=args.audio_mask)
+        if args.mask is not None or args.outpaint_crop is not None:
+            problems += _held_frames_problems("--source", args.source, job)
         if args.outpaint_crop is not None:
             fields["outpaint_crop"] = parse_crop(args.outpaint_crop)
             problems += _crop_problems(fields["outpaint_crop"], job)
+        if args.audio_mask is not None:
+            problems += _sound_problems("--source", args.source, job)
+    if args.reference_audio is not None:
+        fields["reference_audio"] = args.reference_audio
+        problems += _sound_problems("--reference_audio", args.reference_audio, job)
     if args.extend_audio is not None:
         fields["extend_audio"] = args.extend_audio
         problems += _extend_audio_problems(args, job)
@@ -218,6 +237,19 @@ def _held_frames_problems(flag: str, path: Path, job) -> list[str]:
     held = available_frames(info.duration_s, info.num_frames, info.fps, job.fps)
     if held < job.frames:
         return [f"{flag} {path}: holds {held} frames at {job.fps:g} fps, the output {job.frames}; use a longer clip"]
+    return []
+
+
+def _sound_problems(flag: str, path: Path, job) -> list[str]:
+    """A file read like --audio for the output's length: it needs a sound track at least that long."""
+    from ltx2_tuner.data.audio import has_audio_stream, probe_audio
+
+    if not has_audio_stream(path):
+        return [f"{flag} {path}: has no sound; give a file with an audio track"]
+    seconds = probe_audio(path).duration_s
+    needed = job.duration_s if job.duration_s is not None else job.frames / job.fps
+    if seconds + 1e-3 < needed:
+        return [f"{flag} {path}: {seconds:.2f} s of sound, the output {needed:.2f} s; use a longer file"]
     return []
 
 

@@ -154,7 +154,8 @@ def _add_condition_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--source",
         type=Path,
-        help="clip to outpaint (with --outpaint_crop) or inpaint (with --mask), read like --video",
+        help="clip to outpaint (with --outpaint_crop) or inpaint (with --mask and/or --audio_mask), read like --video "
+        "(an audio file with --ltx_mode audio --audio_mask)",
     )
     group.add_argument(
         "--outpaint_crop",
@@ -165,6 +166,18 @@ def _add_condition_flags(parser: argparse.ArgumentParser) -> None:
         "--mask",
         type=Path,
         help="inpainting: mask image or video over the --source clip; white is kept, black regenerated (official)",
+    )
+    group.add_argument(
+        "--reference_audio",
+        type=Path,
+        help="A2A / AV2AV IC-LoRA reference sound (--ltx_mode audio or av), read like --audio for the output's length "
+        "and placed before the generated audio",
+    )
+    group.add_argument(
+        "--audio_mask",
+        type=Path,
+        help="audio inpainting: mask over the --source sound (a 1-D tensor .pt/.npy/.safetensors or an audio file's "
+        "envelope, stretched over the output); > 0.5 is kept, the rest regenerated",
     )
 
 
@@ -267,7 +280,7 @@ def _conditions(jobs: list[Job], files, device) -> list:
         for job in jobs
     ]  # fmt: skip
     needs_video = any(c.needs_video_vae for c in conditions)
-    needs_audio = any(c.audio or c.extend_audio for c in conditions)
+    needs_audio = any(c.needs_audio_vae for c in conditions)
     if not needs_video and not needs_audio:
         return [None] * len(jobs)
     print("encoding the conditions", flush=True)
@@ -318,6 +331,7 @@ def _request(job: Job, contexts: dict, condition, args, version: str, dtype):
         reference_fps=condition.reference_fps if condition else None,
         reference_spatial_factor=condition.reference_factors[0] if condition else 1,
         reference_temporal_factor=condition.reference_factors[1] if condition else 1,
+        audio_reference_latents=cast(condition.audio_reference) if condition else None,
     )
 
 

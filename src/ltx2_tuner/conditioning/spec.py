@@ -17,18 +17,12 @@ docs/conditions.md.
 from __future__ import annotations
 
 import difflib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ltx2_tuner.data.text_files import read_text_file
+from ltx2_tuner.data.config import read_dataset_document
 from ltx2_tuner.errors import DatasetError
 from ltx2_tuner.roles import MODALITIES, ModalityRoles
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 CONDITION_TYPES = ("first_frame", "prefix", "suffix", "reference", "mask", "spatial_crop")
 TEMPORAL_TYPES = ("prefix", "suffix")  # the types that need temporal_boundary
@@ -113,12 +107,7 @@ def load_conditions(dataset_config: str | Path) -> tuple[Condition, ...]:
     the file is data/config.py's to check.
     """
     path = Path(dataset_config)
-    if not path.is_file():
-        raise DatasetError(f"{path}: dataset config not found; pass --dataset_config with an existing TOML file")
-    try:
-        document = tomllib.loads(read_text_file(path))
-    except tomllib.TOMLDecodeError as error:
-        raise DatasetError(f"{path}: not valid TOML ({error}); fix the syntax") from None
+    document = read_dataset_document(path)
     tables = document.get("conditions", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise DatasetError(

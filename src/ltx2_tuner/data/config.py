@@ -87,8 +87,8 @@ class DatasetConfig:
     # (JSONL datasets name them per line instead), and how references are scaled.
     reference_directory: Path | None = None  # reference clips / images (musubi: control_directory)
     mask_directory: Path | None = None  # masks: white (> 0.5) = kept as clean conditioning, black = generated
-    reference_audio_directory: Path | None = None  # audio datasets
-    audio_mask_directory: Path | None = None  # audio datasets
+    reference_audio_directory: Path | None = None  # audio and video datasets (AV2AV / A2A references)
+    audio_mask_directory: Path | None = None  # audio and video datasets, on the item's audio latent steps
     reference_downscale_factor: int = 1  # the reference is cached at the target bucket / N
     reference_temporal_scale_factor: int = 1  # reference frames: frame 0, then every S-th
     control_resolution: tuple[int, int] | None = None  # the reference's own (width, height), multiples of 32
@@ -181,8 +181,12 @@ _AUDIO_ONLY = ("audio_bucket_interval", "audio_bucket_strategy", "max_audio_dura
 _PICTURE_ONLY = ("resolution", "enable_bucket", "bucket_no_upscale")  # image and video datasets
 # Keys a dataset table of each kind may not set ([general] may: there they apply to the kinds that have them).
 _NOT_FOR_KIND = {
-    "image": ((_VIDEO_ONLY, "video datasets only"), (_AUDIO_ONLY + _AUDIO_PARTNER_KEYS, "audio datasets only")),
-    "video": ((_AUDIO_ONLY + _AUDIO_PARTNER_KEYS, "audio datasets only"),),
+    "image": (
+        (_VIDEO_ONLY, "video datasets only"),
+        (_AUDIO_ONLY, "audio datasets only"),
+        (_AUDIO_PARTNER_KEYS, "audio and video datasets only"),
+    ),
+    "video": ((_AUDIO_ONLY, "audio datasets only"),),  # video datasets take audio references/masks (AV runs)
     "audio": (
         (_VIDEO_ONLY, "video datasets only"),
         (_PICTURE_ONLY + _PICTURE_PARTNER_KEYS, "image and video datasets only"),
@@ -239,15 +243,20 @@ def _resolve(config_dir: Path, value: str) -> Path:
     return beside_config if beside_config.exists() or not path.exists() else path.resolve()
 
 
-def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
-    """Parse and validate a dataset TOML file; raise DatasetError listing every problem."""
-    path = Path(path)
+def read_dataset_document(path: Path) -> dict:
+    """The dataset TOML file's tables, unchecked; DatasetError when it is missing or not TOML."""
     if not path.is_file():
         raise DatasetError(f"{path}: dataset config not found; pass --dataset_config with an existing TOML file")
     try:
-        document = tomllib.loads(read_text_file(path))
+        return tomllib.loads(read_text_file(path))
     except tomllib.TOMLDecodeError as error:
         raise DatasetError(f"{path}: not valid TOML ({error}); fix the syntax") from None
+
+
+def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
+    """Parse and validate a dataset TOML file; raise DatasetError listing every problem."""
+    path = Path(path)
+    document = read_dataset_document(path)
 
     problems = _Problems(path)
     known = ("general", "datasets", "conditions")  # [[conditions]] are conditioning/spec.py's to check

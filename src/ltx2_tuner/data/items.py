@@ -143,6 +143,23 @@ def find_partner(item: MediaItem, kind: str) -> Path:
     return found[0]
 
 
+def soundtrack_reference(dataset: DatasetConfig, kinds: tuple[str, ...]) -> bool:
+    """Whether `dataset` takes each reference clip's own soundtrack as its reference audio: a video dataset with
+    references and no reference audio of its own (docs/dataset-config.md "References and masks")."""
+    return dataset.kind == "video" and "reference" in kinds and "reference_audio" not in kinds
+
+
+def reference_soundtrack(item: MediaItem) -> Path | None:
+    """The reference clip of `item` when it is a video with an audio stream (its soundtrack is then the item's
+    reference audio), else None; DatasetError/MediaError when the reference is missing or unreadable."""
+    from ltx2_tuner.data.audio import has_audio_stream
+
+    reference = find_partner(item, "reference")
+    if reference.suffix.lower() not in VIDEO_EXTENSIONS or not has_audio_stream(reference):
+        return None
+    return reference
+
+
 def _glob_escape(stem: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in stem)
 

@@ -22,7 +22,12 @@ token masks come from `conditioning.tokens.condition_token_mask`, as in training
 - outpainting: the source, read at the box's size, is pasted into a mid-grey canvas; the tokens inside the box
   (floor-divided by 32, like training's spatial_crop) are clean;
 - inpainting: the mask file (data.masks: white = keep, black = regenerate, the official convention) gives the clean
-  tokens of the source read at the output size.
+  tokens of the source read at the output size;
+- audio inpainting: the source's sound, read from its start for the output's length like --audio, is kept where the
+  audio mask (data.masks: a tensor or an envelope, nearest-resampled over the output's latent steps, > 0.5, as the
+  cacher does for training) is set;
+- A2A / AV2AV reference (B2): the reference sound, read like --audio for the output's length, prepended as clean
+  tokens at audio positions from 0 (the sampler's `audio_reference_latents`).
 """
 
 from __future__ import annotations
@@ -64,10 +69,17 @@ class Condition:
     source: Path | None = None  # outpainting / inpainting source clip
     outpaint_crop: tuple[int, int, int, int] | None = None  # (x, y, w, h) pixels: where the source goes
     mask: Path | None = None  # inpainting mask image or video (white = keep)
+    reference_audio: Path | None = None  # A2A / AV2AV IC-LoRA reference sound
+    audio_mask: Path | None = None  # audio inpainting mask over the source's sound (> 0.5 = keep)
 
     @property
     def needs_video_vae(self) -> bool:
-        return any(path is not None for path in (self.image, self.video, self.extend, self.reference, self.source))
+        video_source = self.source is not None and (self.mask is not None or self.outpaint_crop is not None)
+        return video_source or any(p is not None for p in (self.image, self.video, self.extend, self.reference))
+
+    @property
+    def needs_audio_vae(self) -> bool:
+        return any(p is not None for p in (self.audio, self.extend_audio, self.reference_audio, self.audio_mask))
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,7 @@ class EncodedCondition:
     audio_clean: torch.Tensor | None = None  # [1, 8, T, 16] (SampleRequest.audio_clean_latents)
     audio_clean_mask: torch.Tensor | None = None  # [T] bool (SampleRequest.audio_clean_mask)
     video_reference: torch.Tensor | None = None  # [1, 128, F_r, H_r, W_r] (SampleRequest.video_reference_latents)
+    audio_reference: torch.Tensor | None = None  # [1, 8, T_r, 16] (SampleRequest.audio_reference_latents)
     reference_fps: float | None = None
     reference_factors: tuple[int, int] = (1, 1)
 
@@ -109,7 +122,7 @@ def encode_conditions(conditions: list[Condition], video_vae, audio_vae, device:
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling
 
     needs_video = any(c.needs_video_vae for c in conditions)
-    needs_audio = any(c.audio is not None or c.extend_audio is not None for c in conditions)
+    needs_audio = any(c.needs_audio_vae for c in conditions)
     if not needs_video and not needs_audio:
         return [None] * len(conditions)
     encoder = LatentEncoder(
@@ -169,7 +182,7 @@ def _encode_token_conditions(condition: Condition, encoder) -> dict:
         canvas[:, y : y + h, x : x + w] = read_frames(condition.source, w, h, condition.num_frames, fps)
         box = TokenCondition("spatial_crop", region=(y, x, y + h, x + w))
         found.update(video_clean=encode(canvas), video_clean_mask=condition_token_mask(box, grid))
-    elif condition.source is not None:
+    elif condition.source is not None and condition.mask is not None:
         from ltx2_tuner.data.masks import load_video_mask
 
         frames = read_frames(condition.source, width, height, condition.num_frames, fps)
@@ -188,7 +201,35 @@ def _encode_token_conditions(condition: Condition, encoder) -> dict:
         )
     if condition.extend_audio is not None:
         found.update(_audio_extension(condition, encoder))
+    if condition.audio_mask is not None:
+        found.update(_audio_inpainting(condition, encoder))
+    if condition.reference_audio is not None:
+        found["audio_reference"] = _output_long_audio(condition.reference_audio, condition.audio_latents, encoder)
     return found
+
+
+def _output_long_audio(path: Path, total: int, encoder) -> torch.Tensor:
+    """[1, 8, total, 16]: the sound of `path` from its start for the output's `total` audio latents (25 a second),
+    encoded like --audio (silence pads a short file; the plan refuses one shorter than the output)."""
+    from ltx2_tuner.data.audio import load_audio_clip
+    from ltx2_tuner.data.mel import log_mel_spectrogram
+
+    rate = encoder.audio_vae.config.sample_rate
+    clip = load_audio_clip(path, 0.0, total / 25, rate, warn_padding=False)
+    latents = encoder.encode_audio(log_mel_spectrogram(clip.waveform, rate))[None].float().cpu()
+    fitted = torch.zeros(*latents.shape[:2], total, *latents.shape[3:])
+    fitted[:, :, : min(total, latents.shape[2])] = latents[:, :, :total]
+    return fitted
+
+
+def _audio_inpainting(condition: Condition, encoder) -> dict:
+    """The --source sound as the output's audio, clean where the --audio_mask is set (as EncodedCondition fields)."""
+    from ltx2_tuner.data.masks import read_audio_mask_signal, resample_audio_mask
+
+    total = condition.audio_latents
+    stored = resample_audio_mask(read_audio_mask_signal(condition.audio_mask), total)
+    mask = condition_token_mask(TokenCondition("mask", modality="audio"), TokenGrid(total), stored)
+    return {"audio_clean": _output_long_audio(condition.source, total, encoder), "audio_clean_mask": mask}
 
 
 def _temporal_clean(clip: torch.Tensor, grid: TokenGrid, direction: str, flag: str) -> dict:

@@ -10,6 +10,8 @@ draw (training/flow_matching.py), made before these.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 
 from ltx2_tuner.conditioning.spec import Condition
@@ -122,3 +124,42 @@ def reference_metadata(batches, conditions: tuple[Condition, ...]) -> dict[str, 
     if temporal != 1:
         metadata["reference_temporal_scale_factor"] = str(temporal)
     return metadata
+
+
+# The CachedItem field each condition on a partner file reads ((modality, type) -> field, what it is).
+_CONDITION_PARTNERS = {
+    ("video", "reference"): ("reference_path", "reference clip"),
+    ("video", "mask"): ("mask_path", "mask"),
+    ("audio", "reference"): ("reference_audio_path", "reference audio"),
+    ("audio", "mask"): ("audio_mask_path", "audio mask"),
+}
+
+
+def condition_partner_problems(items: list, conditions: tuple[Condition, ...]) -> list[str]:
+    """One line per dataset whose cached items lack a partner file a condition reads (conditioning.spec.Condition:
+    an audio `reference` on a video dataset whose reference clips have no soundtrack, a `mask` on a dataset without
+    masks, ...). Items without that modality (image items in an AV run, for audio conditions) are not counted."""
+    problems = []
+    for condition in conditions:
+        found = _CONDITION_PARTNERS.get((condition.modality, condition.type))
+        if found is None:
+            continue
+        field, what = found
+        lacking: dict[str, list[str]] = defaultdict(list)
+        for item in items:
+            has_modality = (
+                item.latent_path is not None if condition.modality == "video" else item.audio_path is not None
+            )
+            if has_modality and getattr(item, field) is None:
+                lacking[item.dataset.name].append(item.key)
+        for name, keys in lacking.items():
+            fix = (
+                "give the reference clips sound, or set reference_audio_directory"
+                if field == "reference_audio_path"
+                else f'give the dataset a {what} per item (docs/dataset-config.md "References and masks")'
+            )
+            problems.append(
+                f'{name}: the {condition.modality} "{condition.type}" condition needs a {what} cache per item, '
+                f"{len(keys)} item(s) have none ({', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}); {fix}"
+            )
+    return problems

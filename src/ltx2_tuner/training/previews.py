@@ -10,7 +10,10 @@ ltx-2.5-and-conditioning-modes.md §C1).
 Setup (`PreviewRunner.prepare`, before the transformer loads): the prompt embeddings come from the sample-prompt
 cache beside the prompt file; when it is missing or stale, Gemma (--text_encoder) and the connectors encode them and
 are freed before the transformer takes their memory. I2V images, --a audio and --v frames are encoded once with the
-VAE encoders, which are freed too (sampling.conditions). Only the decoders the previews need (video VAE; audio VAE
+VAE encoders, which are freed too (sampling.conditions). A run with `[[conditions]]` previews with them (issue 14,
+training.preview_conditions): a prompt's --x clip is extended, its --src in- or outpainted, its --ra sound is the
+audio reference; its --r reference clip is encoded once the trainer has measured the reference factors
+(`encode_references`, after the cache is read). Only the decoders the previews need (video VAE; audio VAE
 and vocoder) wait on the CPU.
 
 A preview (`run`) happens on the main process (the others wait at a barrier), in eval mode and without gradients,
@@ -35,11 +38,17 @@ from ltx2_tuner.cache import sample_prompts as samples
 from ltx2_tuner.errors import CacheError, ConfigError
 from ltx2_tuner.models.text_embeddings import check_text_encoder
 from ltx2_tuner.roles import ModalityRoles, roles_by_name, roles_for
-from ltx2_tuner.sampling.conditions import OUTPUT_AUDIO_RATE, Condition, EncodedCondition, encode_conditions
+from ltx2_tuner.sampling.conditions import OUTPUT_AUDIO_RATE, EncodedCondition, encode_conditions
 from ltx2_tuner.sampling.decode import Decoders
 from ltx2_tuner.sampling.defaults import sampling_defaults
 from ltx2_tuner.sampling.media_writers import write_audio, write_media
 from ltx2_tuner.sampling.sampler import SampleRequest, sample
+from ltx2_tuner.training.preview_conditions import (
+    measured_factors,
+    missing_media_note,
+    preview_condition,
+    with_reference,
+)
 
 # The official conv-decoder tiles (384 px, 48 frames): previews that fit in one are decoded whole.
 _TILE_PX, _TILE_FRAMES = 384, 48
@@ -56,14 +65,18 @@ class PreviewRunner:
         self.conditions = conditions  # per prompt: sampling.conditions.EncodedCondition or None
         self.decoders, self.steps = decoders, steps
         self.last_step: int | None = None  # a step that ends an epoch too gets one set of previews
+        self.trained: tuple = ()  # the run's conditioning.spec.Condition list (issue 14)
+        self.video_vae = None  # the video VAE checkpoint, for `encode_references` (main process)
+        self.prompts_file: Path | None = None
 
     @classmethod
-    def prepare(cls, args, files, accelerator, dtype: torch.dtype) -> PreviewRunner:
+    def prepare(cls, args, files, accelerator, dtype: torch.dtype, conditions: tuple = ()) -> PreviewRunner:
         """Check on every process, then (main process) encode what needs encoding and load the decoders.
 
         args: reads sample_prompts, ltx_mode, frozen_modality (roles.roles_for), output_dir, output_name and
         sample_steps. files: the model's `ModelFiles`; the text encoder and the VAE files are opened only when
-        needed."""
+        needed. conditions: the run's `[[conditions]]` (conditioning.spec.load_conditions); a video reference is
+        encoded by `encode_references`."""
         info = files.transformer
         roles = roles_for(args.ltx_mode, getattr(args, "frozen_modality", None))
         prompts_file: Path = args.sample_prompts
@@ -80,16 +93,22 @@ class PreviewRunner:
         audio_vae = files.audio_vae() if any(r.present("audio") for r in prompt_roles) else None
         folder, name = args.output_dir / "sample", args.output_name
         if not accelerator.is_main_process:
-            return cls(accelerator, info, roles, dtype, folder, name, [], [], None, args.sample_steps)
+            runner = cls(accelerator, info, roles, dtype, folder, name, [], [], None, args.sample_steps)
+            runner.trained = tuple(conditions)
+            return runner
         device = accelerator.device
         if embeds is None:
             reason = stale.split("; run")[0]  # the cache's problem, without the command that would fix it
             print(f"previews: {reason}; encoding the prompts with Gemma from {gemma.root}", flush=True)
             embeds = _encode_prompts(prompts_file, gemma, connectors, roles.build, dtype, device)
         _say_joint_previews(roles, [e.sample for e in embeds])
-        conditions = encode_conditions(
-            [_condition(p.sample, r) for p, r in zip(embeds, prompt_roles, strict=True)], video_vae, audio_vae, device
-        )
+        trained = tuple(conditions)
+        note = missing_media_note([e.sample for e in embeds], prompt_roles, trained)
+        if note:
+            print(note, flush=True)
+        wanted = [preview_condition(p.sample, r, trained, _where(prompts_file, i))
+                  for i, (p, r) in enumerate(zip(embeds, prompt_roles, strict=True))]  # fmt: skip
+        encoded = encode_conditions(wanted, video_vae, audio_vae, device)
         _release_memory()
         # The video decoder in bf16 on a GPU when training in bf16 (as the official validation), else fp32 (CPU
         # convolutions in bf16 are ~100x slower; fp16 may overflow in the VAE).
@@ -97,8 +116,34 @@ class PreviewRunner:
         with_video, with_audio = (any(r.generated(m) for r in prompt_roles) for m in ("video", "audio"))
         decoders = Decoders.load(video_vae, with_audio=with_audio, dtype=vae_dtype, audio_info=audio_vae,
                                  with_video=with_video)  # fmt: skip
-        return cls(accelerator, info, roles, dtype, folder, name, embeds, conditions, decoders,
-                   args.sample_steps)  # fmt: skip
+        runner = cls(accelerator, info, roles, dtype, folder, name, embeds, encoded, decoders,
+                     args.sample_steps)  # fmt: skip
+        runner.trained, runner.video_vae, runner.prompts_file = trained, video_vae, prompts_file
+        return runner
+
+    def encode_references(self, metadata: dict) -> None:
+        """Encode the prompts' --r reference clips at the reference factors the trainer measured (`metadata`:
+        training.conditioned.reference_metadata's keys); nothing without a video reference condition or off the main
+        process. The video VAE encoder is loaded for this and freed."""
+        factors = measured_factors(metadata)
+        wanted = {}
+        for index, embeds in enumerate(self.prompts):
+            roles = preview_roles(self.roles, embeds.sample)
+            where = _where(self.prompts_file, index)
+            condition = with_reference(embeds.sample, roles, self.trained, factors, where)
+            if condition is not None:
+                wanted[index] = condition
+        if not wanted:
+            return
+        encoded = encode_conditions(list(wanted.values()), self.video_vae, None, self.accelerator.device)
+        for index, reference in zip(wanted, encoded, strict=True):
+            self.conditions[index] = dataclasses.replace(
+                self.conditions[index] or EncodedCondition(),
+                video_reference=reference.video_reference,
+                reference_fps=reference.reference_fps,
+                reference_factors=reference.reference_factors,
+            )
+        _release_memory()
 
     def run(self, model, step: int, logger=None) -> list[Path]:
         """Write (and log) one preview per prompt for `step`; return the files written (none on other processes, and
@@ -152,7 +197,8 @@ class PreviewRunner:
     def request(self, index: int) -> SampleRequest:
         """The sampler's request for prompt `index`: its size, seed and CFG scales, the model version's defaults for
         what the prompt leaves unset (steps, STG, rescale, modality guidance), --sample_steps over every prompt's; its
-        condition (I2V image, A2V audio, V2A frames) as latents."""
+        condition (I2V image, A2V audio, V2A frames; the clean tokens and references of the run's conditions) as
+        latents."""
         embeds, condition = self.prompts[index], self.conditions[index] or EncodedCondition()
         prompt = embeds.sample
         roles = preview_roles(self.roles, prompt)
@@ -168,6 +214,9 @@ class PreviewRunner:
         def context(modality: str, tensor):
             return tensor[None].to(self.dtype) if roles.present(modality) else None
 
+        def cast(tensor):
+            return None if tensor is None else tensor.to(self.dtype)
+
         with_video = roles.present("video")
         return SampleRequest(
             width=prompt.width if with_video else None, height=prompt.height if with_video else None,
@@ -182,6 +231,12 @@ class PreviewRunner:
             first_frame_latent=None if condition.first_frame is None else condition.first_frame.to(self.dtype),
             audio_duration_s=None if with_video else prompt.audio_seconds,
             frozen_video_latents=condition.frozen_video, frozen_audio_latents=condition.frozen_audio,
+            video_clean_latents=condition.video_clean, video_clean_mask=condition.video_clean_mask,
+            audio_clean_latents=condition.audio_clean, audio_clean_mask=condition.audio_clean_mask,
+            video_reference_latents=cast(condition.video_reference), reference_fps=condition.reference_fps,
+            reference_spatial_factor=condition.reference_factors[0],
+            reference_temporal_factor=condition.reference_factors[1],
+            audio_reference_latents=cast(condition.audio_reference),
         )  # fmt: skip
 
 
@@ -197,14 +252,8 @@ def preview_roles(roles: ModalityRoles, prompt) -> ModalityRoles:
     return roles
 
 
-def _condition(prompt, roles: ModalityRoles) -> Condition:
-    """The media a prompt's preview is conditioned on, in its mode."""
-    return Condition(
-        prompt.width, prompt.height, prompt.num_frames, prompt.frame_rate,
-        image=Path(prompt.image) if prompt.image and roles.generated("video") else None,
-        audio=Path(prompt.audio) if roles.frozen("audio") else None,
-        video=Path(prompt.video) if roles.frozen("video") else None,
-    )  # fmt: skip
+def _where(prompts_file: Path | None, index: int) -> str:
+    return f"{prompts_file}: prompt {index}"
 
 
 def _say_joint_previews(roles: ModalityRoles, prompts: list) -> None:

@@ -40,7 +40,7 @@ from ltx2_tuner.roles import ModalityRoles, roles_for
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training import distributed
-from ltx2_tuner.training.conditioned import reference_metadata
+from ltx2_tuner.training.conditioned import condition_partner_problems, reference_metadata
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
 from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
@@ -142,7 +142,8 @@ def setup(args) -> Run:
     if args.sample_prompts:
         from ltx2_tuner.training.previews import PreviewRunner  # imports the sampler and decoders: only when needed
 
-        previews = PreviewRunner.prepare(args, files, accelerator, weight_dtype)
+        # Issue 14: the previews use the run's conditions (their --x / --src / --ra media encoded now).
+        previews = PreviewRunner.prepare(args, files, accelerator, weight_dtype, conditions)
     # With --blocks_to_swap the model loads on the CPU: enable_block_swap moves all but the swapped weights.
     model = load_transformer(
         info, roles.build, dtype=weight_dtype, device="cpu" if args.blocks_to_swap else accelerator.device,
@@ -151,7 +152,12 @@ def setup(args) -> Run:
     )  # fmt: skip
     context_dim = context_dims(model.config)[0]
     batches = CachedBatches(datasets, roles, args.seed, args.dataset_config, info.version, context_dim)
+    problems = condition_partner_problems(batches.items, conditions)  # e.g. a mask condition on a dataset without masks
+    if problems:
+        raise ConfigError(f"{args.dataset_config}: " + "; ".join(problems))
     condition_metadata = reference_metadata(batches, conditions)
+    if previews is not None:  # issue 14: the previews' --r clips are read at the reference factors just measured
+        previews.encode_references(condition_metadata)
 
     network_module = importlib.import_module(args.network_module)
     targets = network_module.select_targets(model.backbone, roles, args.network_args)
