@@ -366,8 +366,8 @@ def test_a_reference_clips_soundtrack_is_its_reference_audio_when_it_has_one(tmp
     has_audio_reference = {batches[i]["items"][0]: "reference_audio_latents" in batches[i] for i in range(len(batches))}
     assert has_audio_reference == {key_a: True, key_b: False}
     # An audio reference condition on these items: b lacks its file, one line naming it; a video one is satisfied.
-    from ltx2_tuner.training.conditioned import condition_partner_problems
     from ltx2_tuner.conditioning.spec import Condition
+    from ltx2_tuner.training.conditioned import condition_partner_problems
 
     problems = condition_partner_problems(batches.items, [Condition("reference"), Condition("reference", "audio")])
     assert len(problems) == 1 and f"1 item(s) have none ({key_b})" in problems[0]
