@@ -8,7 +8,6 @@ import torch
 from ltx2_tuner.conditioning.spec import Condition
 from ltx2_tuner.conditioning.tokens import (
     TokenGrid,
-    apply_clean_tokens,
     audio_reference_positions,
     condition_token_mask,
     prepend_reference,
@@ -96,22 +95,6 @@ def test_stored_mask_of_another_grid_or_missing_is_refused():
         condition_token_mask(Condition("mask"), VIDEO)
     with pytest.raises(ValueError, match="not an intrinsic condition"):
         condition_token_mask(Condition("reference"), VIDEO)
-
-
-def test_apply_clean_tokens():
-    noisy, clean = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
-    timesteps = torch.tensor([[0.7] * 4, [0.3] * 4])
-    loss_mask = torch.tensor([[True, True, True, False], [True] * 4])
-    clean_mask = torch.tensor([[True, False, False, True], [False, False, True, False]])
-    latent, t, in_loss = apply_clean_tokens(noisy, clean, timesteps, loss_mask, clean_mask)
-    for b in range(2):
-        for n in range(4):
-            expected = clean[b, n] if clean_mask[b, n] else noisy[b, n]
-            assert torch.equal(latent[b, n], expected)  # bit for bit
-    torch.testing.assert_close(t, torch.tensor([[0.0, 0.7, 0.7, 0.0], [0.3, 0.3, 0.0, 0.3]]))
-    assert in_loss.tolist() == [[False, True, True, False], [True, True, False, True]]
-    _, _, all_in_loss = apply_clean_tokens(noisy, clean, timesteps, None, clean_mask[0])
-    assert all_in_loss.tolist() == [[False, True, True, False]] * 2
 
 
 REF = TokenGrid(frames=3, height=2, width=2)

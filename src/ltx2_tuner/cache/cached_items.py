@@ -34,6 +34,7 @@ from ltx2_tuner.cache.partner_jobs import (
     FINGERPRINT_FIELDS as PARTNER_FIELDS,
 )
 from ltx2_tuner.cache.store import fingerprint_from_metadata, source_stamp
+from ltx2_tuner.cache.text_cacher import cached_modalities
 from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.data.items import (
     declared_partners,
@@ -189,13 +190,10 @@ def _text_problem(header: SafetensorsHeader, roles: ModalityRoles, video_context
     return None
 
 
-# Which text caches (by the --ltx_mode they were made with) hold each modality's embeddings.
-_TEXT_MODES_WITH = {"video": ("video", "av"), "audio": ("av", "audio")}
-
-
 def _text_fingerprint_problem(fingerprint: dict, media, roles: ModalityRoles, model_version: str | None) -> str | None:
+    held = cached_modalities(fingerprint["mode"])
     for modality in roles.present_modalities:
-        if fingerprint["mode"] not in _TEXT_MODES_WITH[modality]:
+        if modality not in held:
             return (
                 f"made with --ltx_mode {fingerprint['mode']} (no {modality} embeddings) but training needs them "
                 f"(--ltx_mode {roles.build})"

@@ -58,8 +58,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
+from ltx2_tuner.cache.text_cacher import serves
 from ltx2_tuner.data.text_files import read_text_file
 from ltx2_tuner.errors import CacheError, DatasetError
+from ltx2_tuner.roles import roles_for
 
 SAMPLE_CACHE_SUFFIX = "_ltx2_sample_te.safetensors"
 # The official trainer's default negative prompt for validation samples (ltx-trainer config.py). Defined here, in the
@@ -148,7 +150,6 @@ _MEDIA_OPTIONS = {
 # Options added after caches existed: written to the digest's JSON only when set, so older caches stay current.
 _OPTIONAL_FIELDS = ("reference", "reference_audio", "extend", "source", "mask")
 # Which stored text-cache mode serves a mode: AV embeddings hold both contexts.
-_SERVES = {"video": ("video", "av"), "av": ("av",), "audio": ("audio", "av")}
 
 
 def parse_prompt_line(line: str, where: str, folder: Path | None = None) -> SamplePrompt:
@@ -329,7 +330,7 @@ def load_sample_prompt_cache(
     if mode is not None and not cache_serves(stored.get("mode"), mode):
         raise CacheError(
             f"{path}: was encoded in {stored.get('mode')} mode; {mode}-mode previews need "
-            f"{' and '.join(_needed(mode))} embeddings; {rerun}"
+            f"{' and '.join(roles_for(mode).present_modalities)} embeddings; {rerun}"
         )
     cached_version = (stored.get("connectors") or {}).get("version")
     if version is not None and cached_version != version:
@@ -344,11 +345,7 @@ def load_sample_prompt_cache(
 
 def cache_serves(stored_mode: str | None, mode: str) -> bool:
     """Whether a text cache encoded in `stored_mode` holds the embeddings `mode` ("video", "av", "audio") needs."""
-    return stored_mode in _SERVES[mode]
-
-
-def _needed(mode: str) -> tuple[str, ...]:
-    return ("video", "audio") if mode == "av" else (mode,)
+    return serves(stored_mode, mode)
 
 
 def _embeds(sample: SamplePrompt, index: int, tensors: dict[str, torch.Tensor]) -> SamplePromptEmbeds:

@@ -31,6 +31,7 @@ from ltx2_tuner.cache.store import differences, read_fingerprint, write_cache
 from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.data.items import MediaItem, list_media, raise_caption_problems, read_caption
 from ltx2_tuner.errors import ConfigError, DatasetError
+from ltx2_tuner.roles import LTX_MODES, roles_for
 
 # captions -> (video [B, T, Dv] or None (audio mode), audio [B, T, Da] or None (video mode), mask [B, T]), on the
 # CPU (text_embeddings.encode_prompts)
@@ -65,13 +66,16 @@ class TextStamp:
 
 
 # The modality embeddings each caching mode writes, and the caching modes whose files a training mode can read.
-CACHED_MODALITIES = {"video": ("video",), "av": ("video", "audio"), "audio": ("audio",)}
+def cached_modalities(cache_mode: str | None) -> tuple[str, ...]:
+    """The modalities whose embeddings a text cache written with `--ltx_mode cache_mode` holds (none for an unknown
+    mode): those its build runs."""
+    return roles_for(cache_mode).present_modalities if cache_mode in LTX_MODES else ()
 
 
-def serves(cache_mode: str, training_mode: str) -> bool:
+def serves(cache_mode: str | None, training_mode: str) -> bool:
     """Whether a text cache written in `cache_mode` has the embeddings `training_mode` (a build: video, av, audio)
     reads: every modality the training mode runs (a frozen one still reads its own text) is in the file."""
-    return set(CACHED_MODALITIES[training_mode]) <= set(CACHED_MODALITIES[cache_mode])
+    return set(roles_for(training_mode).present_modalities) <= set(cached_modalities(cache_mode))
 
 
 def compat_keys_allowed(mode: str) -> bool:

@@ -98,24 +98,6 @@ def _stored_token_mask(stored_mask: torch.Tensor | None, grid: TokenGrid) -> tor
     return stored_mask.reshape(*leading, grid.num_tokens) > MASK_THRESHOLD
 
 
-def apply_clean_tokens(
-    noisy: torch.Tensor,
-    clean: torch.Tensor,
-    timesteps: torch.Tensor,
-    loss_mask: torch.Tensor | None,
-    clean_mask: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(latent, timesteps, loss_mask) with the `clean_mask` tokens clean, at timestep 0 and out of the loss.
-
-    noisy/clean [B, N, C], timesteps [B, N], loss_mask [B, N] bool (None: every token in the loss), clean_mask [B, N]
-    or [N] bool. Clean tokens are copied exactly, so the model sees the conditioning latents bit for bit.
-    """
-    latent = torch.where(clean_mask.unsqueeze(-1), clean.to(noisy.dtype), noisy)
-    timesteps = torch.where(clean_mask, torch.zeros_like(timesteps), timesteps)
-    in_loss = ~clean_mask if loss_mask is None else loss_mask & ~clean_mask
-    return latent, timesteps, in_loss.expand(timesteps.shape)
-
-
 def reference_positions(
     ref_grid: TokenGrid,
     ref_fps: float | torch.Tensor,

@@ -101,17 +101,17 @@ def reference_metadata(batches, conditions: tuple[Condition, ...]) -> dict[str, 
         metadata["trained_conditions"] = json.dumps([f"{c.modality}:{c.type}" for c in conditions])
     if not any(c.type == "reference" and c.modality == "video" for c in conditions):
         return metadata
-    seen: dict[tuple[int, int], str] = {}
+    seen, shapes = set(), set()  # the (spatial, temporal) factors found; the batch shapes measured
     for items in batches.epoch_batches:
-        shape = items[0].shape
-        if any(shape == other for other in seen.values()):
+        if items[0].shape in shapes:
             continue
+        shapes.add(items[0].shape)
         batch = batches.collate(items[:1])
         latents = batch["latents"]["latents"]
         factors = reference_scale_factors(
             TokenGrid(*latents.shape[2:]), TokenGrid(*batch["reference_latents"]["latents"].shape[2:]), items[0].key
         )
-        seen.setdefault(factors, shape)
+        seen.add(factors)
     if len(seen) > 1:
         raise ConfigError(
             f"the references are scaled differently in different buckets ({sorted(seen)} as (spatial, temporal)); a "
