@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ltx2_tuner.data.config import load_dataset_config, snap_frame_count
+from ltx2_tuner.data.config import load_all_datasets, load_dataset_config, load_validation_datasets, snap_frame_count
 from ltx2_tuner.errors import DatasetError
 
 
@@ -212,3 +212,92 @@ def test_dataset_kinds_that_do_not_fit_the_mode_get_one_line_each(tmp_path):
     assert dataset_kind_problems([video, audio], "audio") == []
     with pytest.raises(DatasetError, match="has no sound"):
         check_dataset_kinds([image, audio], "audio")
+
+
+# ---- caption_dropout_rate and [[validation_datasets]]
+
+_TRAIN_AND_VALIDATION = """
+[general]
+resolution = [512, 288]
+caption_dropout_rate = 0.2
+
+[[datasets]]
+video_directory = "clips"
+cache_directory = "cache/clips"
+caption_dropout_rate = 1
+
+[[datasets]]
+image_directory = "images"
+cache_directory = "cache/images"
+
+[[validation_datasets]]
+image_directory = "held_out"
+cache_directory = "cache/held_out"
+batch_size = 2
+"""
+
+
+def test_caption_dropout_rate_falls_back_to_general_and_validation_datasets_load_apart(tmp_path):
+    (tmp_path / "held_out").mkdir()
+    path = _write(tmp_path, _TRAIN_AND_VALIDATION)
+    video, image = load_dataset_config(path)
+    assert (video.caption_dropout_rate, image.caption_dropout_rate) == (1.0, 0.2)
+    assert not video.is_validation and video.name == "[[datasets]] #1 (clips)"
+
+    (held_out,) = load_validation_datasets(path)
+    assert held_out.is_validation and held_out.name == "[[validation_datasets]] #1 (held_out)"
+    assert held_out.kind == "image" and held_out.batch_size == 2
+    assert held_out.resolution == (512, 288)  # [general] applies to validation datasets
+    assert held_out.caption_dropout_rate == 0.0  # ... except the dropout rate: validation never drops captions
+    assert held_out.cache_directory == tmp_path / "cache" / "held_out"
+    assert load_all_datasets(path) == [video, image, held_out]  # what the caching commands cache
+
+
+def test_without_the_keys_the_rate_is_unset_and_there_are_no_validation_datasets(tmp_path):
+    (image,) = load_dataset_config(_write(tmp_path, '[[datasets]]\nimage_directory = "images"'))
+    assert image.caption_dropout_rate is None  # the trainer's --caption_dropout_rate decides
+    assert load_validation_datasets(tmp_path / "dataset.toml") == []
+
+
+def test_dropout_and_validation_problems_are_named_together(tmp_path):
+    (tmp_path / "held_out").mkdir()
+    path = _write(
+        tmp_path,
+        """
+[general]
+caption_dropout_rate = 1.5
+
+[[datasets]]
+image_directory = "images"
+caption_dropout_rate = "often"
+
+[[validation_datasets]]
+image_directory = "held_out"
+caption_dropout_rate = 0.1
+resolutoin = 256
+""",
+    )
+    with pytest.raises(DatasetError) as caught:
+        load_validation_datasets(path)
+    message = str(caught.value)
+    assert f'{path} [general]: key "caption_dropout_rate" must be between 0 and 1 (got 1.5)' in message
+    assert '[[datasets]] #1: key "caption_dropout_rate" must be int or number, not str' in message
+    assert (
+        '[[validation_datasets]] #1: key "caption_dropout_rate" is for [[datasets]]: validation never drops captions'
+        in message
+    )
+    assert '[[validation_datasets]] #1: unknown key "resolutoin" (did you mean "resolution"?)' in message
+    with pytest.raises(DatasetError, match=r"must be between 0 and 1"):
+        load_dataset_config(path)  # the training datasets' loader checks the whole file too
+
+    path.write_text('[[datasets]]\nimage_directory = "images"\n[[validation_datasets]]\nvideo_directory = "clips"\n'
+                    'cache_directory = "images"\n')  # fmt: skip
+    shared = r"\[\[validation_datasets\]\] #1 \(clips\): cache_directory .*images is also used by \[\[datasets\]\] #1"
+    with pytest.raises(DatasetError, match=shared + r" \(images\); give every dataset its own"):
+        load_dataset_config(path)
+    path.write_text('[[datasets]]\nimage_directory = "images"\nvalidation_datasets = 3\n')
+    with pytest.raises(DatasetError, match=r"\[\[datasets\]\] #1: unknown key \"validation_datasets\""):
+        load_dataset_config(path)
+    path.write_text('validation_datasets = 3\n[[datasets]]\nimage_directory = "images"\n')
+    with pytest.raises(DatasetError, match=r"top level: \"validation_datasets\" must be \[\[validation_datasets\]\]"):
+        load_dataset_config(path)

@@ -1,4 +1,5 @@
-"""lora_files: plain LoRA pairs in the official and musubi layouts are read; every other layout is a clear error."""
+"""lora_files: LoRA, DoRA, LoKr and LoHa in the official and musubi layouts are read; every other layout is a clear
+error."""
 
 from __future__ import annotations
 
@@ -55,29 +56,67 @@ def test_official_and_musubi_layouts_read_to_the_same_layers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "dora_key",
+    ("dora_key", "form"),
     [
-        f"{MUSUBI}.lora_magnitude_vector.weight",  # musubi DoRA
-        f"{MUSUBI}.lora_magnitude_vector",
-        f"{OFFICIAL}.dora_scale",  # ComfyUI/kohya-style export
+        (f"{MUSUBI}.lora_magnitude_vector.weight", "magnitude"),  # musubi DoRA
+        (f"{MUSUBI}.lora_magnitude_vector", "magnitude"),  # PEFT's state-dict name
+        (f"{OFFICIAL}.dora_scale", "dora_scale"),  # ComfyUI export, [out, 1]
     ],
 )
-def test_dora_is_refused_not_dropped(tmp_path, dora_key):
+def test_dora_reads_with_its_magnitude_in_the_form_the_file_has(tmp_path, dora_key, form):
     stem = dora_key.split(".lora_magnitude")[0].split(".dora_scale")[0]
     pair = _pair(stem) if stem.startswith("diffusion_model.") else _pair(stem, ".lora_down.weight", ".lora_up.weight")
-    path = _write(tmp_path, pair | {dora_key: torch.ones(8)})
-    message = _refusal(path)
-    assert "DoRA (magnitude vectors) is not supported yet" in message and dora_key in message
-    assert "plain LoRA" in message
+    magnitude = torch.arange(1.0, 9.0).reshape(8, 1) if form == "dora_scale" else torch.arange(1.0, 9.0)
+    lora = read_lora_file(_write(tmp_path, pair | {dora_key: magnitude}))
+    layer = lora.layers[OFFICIAL]
+    assert lora.algos == {"dora"} and torch.equal(getattr(layer, form).reshape(-1), torch.arange(1.0, 9.0))
+    assert getattr(layer, "magnitude" if form == "dora_scale" else "dora_scale") is None
+
+
+def test_input_axis_dora_scale_is_refused(tmp_path):
+    message = _refusal(_write(tmp_path, _pair(OFFICIAL) | {f"{OFFICIAL}.dora_scale": torch.ones(1, 8)}))
+    assert "dora_scale [1, 8], not [8, 1]: input-axis DoRA" in message
+
+
+def test_lokr_and_loha_read_with_comfyui_alpha_rules(tmp_path):
+    full = {f"{OFFICIAL}.lokr_w1": torch.ones(2, 4), f"{OFFICIAL}.lokr_w2": torch.ones(4, 2), f"{OFFICIAL}.alpha":
+            torch.tensor(8.0)}  # fmt: skip
+    layer = read_lora_file(_write(tmp_path, full, "full.safetensors")).layers[OFFICIAL]
+    assert layer.features == (8, 8) and layer.scale == 1.0  # both factors full: alpha is ignored
+    factored = {
+        f"{MUSUBI}.lokr_w1": torch.ones(2, 4),
+        f"{MUSUBI}.lokr_w2_a": torch.ones(4, 2),
+        f"{MUSUBI}.lokr_w2_b": torch.ones(2, 2),
+        f"{MUSUBI}.alpha": torch.tensor(1.0),
+    }
+    lora = read_lora_file(_write(tmp_path, factored, "factored.safetensors"))
+    assert lora.algos == {"lokr"} and lora.layers[OFFICIAL].scale == 0.5  # alpha / rank of w2's pair
+    loha = {f"{OFFICIAL}.{name}": torch.ones(8, 2) if name.endswith("_a") else torch.ones(2, 8)
+            for name in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}  # fmt: skip
+    layer = read_lora_file(_write(tmp_path, loha, "loha.safetensors")).layers[OFFICIAL]
+    assert layer.algo == "loha" and layer.scale == 1.0 and torch.equal(layer.delta(), torch.full((8, 8), 4.0))
+
+
+@pytest.mark.parametrize(
+    ("tensors", "expected"),
+    [
+        ({f"{OFFICIAL}.lokr_w1": torch.ones(2, 2)}, "has neither lokr_w2 nor both lokr_w2_a and lokr_w2_b"),
+        ({f"{OFFICIAL}.hada_w1_a": torch.ones(8, 2)}, "has no hada_w1_b, hada_w2_a, hada_w2_b"),
+        (_pair(OFFICIAL) | {f"{OFFICIAL}.lokr_w1": torch.ones(2, 2)}, "has LoKr and LoRA/DoRA tensors"),
+    ],
+)
+def test_incomplete_or_mixed_lycoris_layers_are_refused(tmp_path, tensors, expected):
+    assert expected in _refusal(_write(tmp_path, tensors))
 
 
 @pytest.mark.parametrize(
     ("keys", "layout"),
     [
-        ([f"{MUSUBI}.lokr_w1", f"{MUSUBI}.lokr_w2", f"{MUSUBI}.alpha"], "LoKr"),
-        ([f"{MUSUBI}.lokr_w1_a", f"{MUSUBI}.lokr_w1_b", f"{MUSUBI}.lokr_w2_a", f"{MUSUBI}.lokr_w2_b"], "LoKr"),
-        ([f"{OFFICIAL}.hada_w1_a", f"{OFFICIAL}.hada_w1_b", f"{OFFICIAL}.hada_w2_a", f"{OFFICIAL}.hada_w2_b"], "LoHa"),
+        ([f"{MUSUBI}.lokr_w1", f"{MUSUBI}.lokr_w2_a", f"{MUSUBI}.lokr_w2_b", f"{MUSUBI}.lokr_t2"], "Tucker"),
+        ([f"{OFFICIAL}.hada_w1_a", f"{OFFICIAL}.hada_t1"], "Tucker"),
         ([f"{MUSUBI}.oft_blocks"], "OFT"),
+        ([f"{MUSUBI}.oft_R.weight"], "OFT"),
+        ([f"{OFFICIAL}.on_input"], "(IA)^3"),
         ([f"{OFFICIAL}.diff", f"{OFFICIAL}.diff_b"], "LyCORIS full"),
         (["transformer.transformer_blocks.0.attn1.to_q.lora_A.weight"], "diffusers/PEFT naming"),
     ],
@@ -85,7 +124,9 @@ def test_dora_is_refused_not_dropped(tmp_path, dora_key):
 def test_other_adapter_layouts_are_refused_by_name(tmp_path, keys, layout):
     path = _write(tmp_path, {key: torch.ones(2, 2) for key in keys})
     message = _refusal(path)
-    assert f"{path}: {layout}" in message and f"(found {keys[0]})" in message
+    found = next(key for key in keys if key.endswith(("_t2", "_t1", "oft_blocks", "oft_R.weight", "on_input",
+                                                      ".diff", "lora_A.weight")))  # fmt: skip
+    assert f"{path}: {layout}" in message and f"(found {found})" in message
 
 
 @pytest.mark.parametrize(

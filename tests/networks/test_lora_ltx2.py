@@ -201,7 +201,10 @@ def test_refused_files_name_the_problem_and_leave_the_lora_unchanged(tiny_checkp
     first, last = layers[0].removesuffix(".lora_A.weight"), layers[-1].removesuffix(".lora_B.weight")
     rank8, _, _ = _network(path, mode="video", rank=8)
     cases = {
-        "dora": (_saved(tmp_path, model, "dora.safetensors", **{f"{first}.dora_scale": torch.ones(32)}), "DoRA"),
+        "dora": (
+            _saved(tmp_path, model, "dora.safetensors", **{f"{first}.dora_scale": torch.ones(32)}),
+            "mixes dora and lora layers; a network trains one algorithm",
+        ),
         "no_b": (
             _saved(tmp_path, model, "no_b.safetensors", **{f"{last}.lora_B.weight": None}),
             f"layer {last} has lora_A/lora_down but no lora_B/lora_up tensor",

@@ -3,8 +3,6 @@ names defined once."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -40,7 +38,11 @@ REQUIRED = ["--dataset_config", "missing.toml", "--ltx2_checkpoint", "missing.sa
         (["--audio_loss_weight", "-1"], "--audio_loss_weight -1.0: must be >= 0"),
         (["--ltx2_first_frame_conditioning_p", "1.5"], "--ltx2_first_frame_conditioning_p 1.5: must be in [0, 1]"),
         (["--discrete_flow_shift", "0"], "--discrete_flow_shift 0.0: must be > 0"),
-        (["--optimizer_type", "AdamV"], "--optimizer_type AdamV: not AdamW, AdamW8bit or an importable module.Class"),
+        (
+            ["--optimizer_type", "AdamV"],
+            "--optimizer_type AdamV: not AdamW, AdamW8bit, Prodigy, Adafactor or AdamWScheduleFree, nor an importable "
+            "module.Class",
+        ),
         (["--optimizer_type", "torch.optim.Nope"], "--optimizer_type torch.optim.Nope: not AdamW, AdamW8bit"),
         (["--optimizer_args", "lr"], "--optimizer_args 'lr': expected name=value"),
         (
@@ -85,10 +87,9 @@ def test_config_file_values_are_checked_like_flags(tmp_path):
         parse_args([*REQUIRED, "--config_file", str(settings)])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed here")
-def test_adamw8bit_without_bitsandbytes_says_how_to_install_it():
-    with pytest.raises(ConfigError, match=r"^--optimizer_type AdamW8bit needs bitsandbytes: pip install bitsandbytes$"):
-        parse_args([*REQUIRED, "--optimizer_type", "AdamW8bit"])
+def test_ema_with_a_schedule_free_optimizer_is_refused():
+    with pytest.raises(ConfigError, match=r"^--ema_decay with --optimizer_type schedulefree: .*drop --ema_decay$"):
+        parse_args([*REQUIRED, "--optimizer_type", "schedulefree", "--ema_decay", "0.99"])
 
 
 def test_good_flags_pass():

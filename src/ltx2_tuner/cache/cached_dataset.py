@@ -12,6 +12,8 @@
     batch["reference_audio_latents"]  {"latents": [B, 8, T_r, 16], "lengths": [B]}
     batch["video_mask"]     [B, F, H, W] float32, 1 = a conditioning (clean) token, 0 = generated (datasets with masks)
     batch["audio_mask"]     [B, T] float32, same meaning
+    batch["caption_dropped"]  [B] bool, True = this sample's conditions are the empty prompt's (only when the
+                              batch's dataset drops captions)
 
 Which modalities are present comes from the modality roles (roles.py); T2A batches have no "latents".
 A batch never mixes datasets or shapes (latent frames x height x width, audio length when audio is present, the
@@ -19,6 +21,11 @@ reference's shape when there is one). The order of
 items and batches is shuffled per epoch from (seed, epoch). Every cache file is checked when the dataset is built
 (`cached_items.scan_cached_items`), so loading a batch cannot meet a missing key or a truncated file made before the
 run. Facts: ../shared/spec/000_bbc565df5d3dfba0.txt "How caches are merged into a batch".
+
+Caption dropout: each sample of a dataset whose rate (its `caption_dropout_rate`, else the `caption_dropout_rate`
+argument) is above 0 trains on the empty prompt's embeddings (cache.empty_prompt) with that probability. The draw
+depends on (seed, epoch, batch index) only, never on the trainer's generator or a global RNG, so it is the same in
+every DataLoader worker and after a resume; at rate 0 nothing is drawn. Validation datasets never drop captions.
 """
 
 from __future__ import annotations
@@ -32,9 +39,13 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
 from ltx2_tuner.cache.cached_items import CachedItem, plain_name, scan_cached_items
+from ltx2_tuner.cache.empty_prompt import check_empty_prompt_caches
+from ltx2_tuner.cache.naming import empty_prompt_cache_path
 from ltx2_tuner.data.config import DatasetConfig
 from ltx2_tuner.errors import CacheError
 from ltx2_tuner.roles import ModalityRoles, roles_for
+
+_DROPOUT_STREAM = 0xD0C  # tells the dropout draw's seed apart from the shuffle's
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -76,20 +87,35 @@ class CachedBatches(Dataset):
         dataset_config: Path | None = None,
         model_version: str | None = None,
         video_context_dim: int | None = None,
+        caption_dropout_rate: float = 0.0,
     ):
+        if not 0 <= caption_dropout_rate <= 1:
+            raise ValueError(f"caption_dropout_rate must be in [0, 1], not {caption_dropout_rate}")
         self.roles = roles_for(roles) if isinstance(roles, str) else roles
         self.seed, self.video_context_dim = seed, video_context_dim
+        self.caption_dropout_rate = caption_dropout_rate
         self.items = scan_cached_items(datasets, self.roles, dataset_config, model_version, video_context_dim)
+        dropping = {d: rate for d in datasets if (rate := self.dropout_rate(d)) > 0}
+        check_empty_prompt_caches(dropping, self.items, self.roles, dataset_config, video_context_dim)
+        self._empty_conditions: dict[Path, dict] = {}  # per cache folder, loaded at its first dropped caption
         self.set_epoch(0)
+
+    def dropout_rate(self, dataset: DatasetConfig) -> float:
+        """The probability that a sample of `dataset` trains on the empty prompt: the dataset's own rate, else the
+        argument's (validation datasets hold 0)."""
+        own = dataset.caption_dropout_rate
+        return self.caption_dropout_rate if own is None else own
 
     def set_epoch(self, epoch: int) -> None:
         """Shuffle items within each (dataset, shape) group and the order of batches, from (seed, epoch)."""
+        self.epoch = epoch
         rng = np.random.default_rng([self.seed, epoch])
         groups: dict[tuple, list[CachedItem]] = defaultdict(list)
         for item in self.items:
-            groups[(item.dataset.index, item.shape)].extend([item] * item.dataset.num_repeats)
+            dataset = item.dataset  # training and validation datasets are numbered apart
+            groups[(dataset.is_validation, dataset.index, item.shape)].extend([item] * dataset.num_repeats)
         batches = []
-        for (_, _), members in sorted(groups.items(), key=lambda kv: kv[0]):
+        for _, members in sorted(groups.items(), key=lambda kv: kv[0]):
             order = rng.permutation(len(members))
             size = members[0].dataset.batch_size
             shuffled = [members[i] for i in order]
@@ -100,14 +126,30 @@ class CachedBatches(Dataset):
         return len(self.epoch_batches)
 
     def __getitem__(self, index: int) -> dict:
-        return self.collate(self.epoch_batches[index])
+        items = self.epoch_batches[index]
+        return self.collate(items, self.dropped_captions(index, items))
 
-    def collate(self, items: list[CachedItem]) -> dict:
-        texts = [_conditions(_load(item.text_path), self.roles, self.video_context_dim) for item in items]
+    def dropped_captions(self, index: int, items: list[CachedItem]) -> np.ndarray | None:
+        """[B] bool: which samples of batch `index` of this epoch train on the empty prompt; None when its dataset
+        drops no captions (nothing is drawn). A function of (seed, epoch, index) alone."""
+        rate = self.dropout_rate(items[0].dataset)  # a batch never mixes datasets
+        if rate == 0:
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, index, _DROPOUT_STREAM])
+        return rng.random(len(items)) < rate
+
+    def collate(self, items: list[CachedItem], dropped: np.ndarray | None = None) -> dict:
+        """The batch of `items`; `dropped` ([B] bool) marks the samples that get the empty prompt's conditions."""
+        flags = [False] * len(items) if dropped is None else dropped.tolist()
+        texts = [
+            self._empty_prompt(item) if drop else self._caption(item) for item, drop in zip(items, flags, strict=True)
+        ]
         batch = {
             "conditions": {key: torch.stack([text[key] for text in texts]) for key in texts[0]},
             "items": [item.key for item in items],
         }
+        if dropped is not None:
+            batch["caption_dropped"] = torch.tensor(flags, dtype=torch.bool)
         if items[0].latent_path is not None:  # video present
             latents = torch.stack([_load(item.latent_path)["latents"] for item in items])
             batch["latents"] = {
@@ -124,6 +166,16 @@ class CachedBatches(Dataset):
                 "lengths": torch.cat([a["audio_lengths_int32"].reshape(1) for a in audio]).long(),
             }
         return batch | _partner_entries(items)
+
+    def _caption(self, item: CachedItem) -> dict[str, torch.Tensor]:
+        return _conditions(_load(item.text_path), self.roles, self.video_context_dim)
+
+    def _empty_prompt(self, item: CachedItem) -> dict[str, torch.Tensor]:
+        folder = item.dataset.cache_directory
+        if folder not in self._empty_conditions:
+            text = _load(empty_prompt_cache_path(folder))
+            self._empty_conditions[folder] = _conditions(text, self.roles, self.video_context_dim)
+        return self._empty_conditions[folder]
 
 
 def _partner_entries(items: list[CachedItem]) -> dict:

@@ -87,7 +87,7 @@ def plain_name(key: str) -> str:
     return match["name"] if match else key
 
 
-class _Problems:
+class CacheProblems:
     """'file: problem; fix' lines, reported together."""
 
     def __init__(self, dataset_config: Path | None, roles: ModalityRoles):
@@ -116,7 +116,7 @@ class _Problems:
         )
 
 
-def _open(path: Path, fields: tuple[str, ...]) -> tuple[SafetensorsHeader | None, dict | None, str | None]:
+def open_cache(path: Path, fields: tuple[str, ...]) -> tuple[SafetensorsHeader | None, dict | None, str | None]:
     """(header, fingerprint, problem): the problem says why the file cannot be used as a cache at all."""
     try:
         header = read_header(path)
@@ -168,7 +168,7 @@ def _audio_length(header: SafetensorsHeader) -> tuple[tuple[int, int] | None, st
     return (dims[0], int(value.reshape(-1)[0])), None
 
 
-def _text_problem(header: SafetensorsHeader, roles: ModalityRoles, video_context_dim: int | None) -> str | None:
+def text_tensor_problem(header: SafetensorsHeader, roles: ModalityRoles, video_context_dim: int | None) -> str | None:
     tensors = {plain_name(key): entry for key, entry in header.tensors.items()}
     if "video_prompt_embeds" in tensors or "audio_prompt_embeds" in tensors:
         needed = ["prompt_attention_mask"] + [f"{m}_prompt_embeds" for m in roles.present_modalities]
@@ -219,7 +219,7 @@ def scan_cached_items(
 ) -> list[CachedItem]:
     """The cached items of `datasets` for training under `roles`, after checking every cache file; all problems are
     reported in one CacheError."""
-    problems = _Problems(dataset_config, roles)
+    problems = CacheProblems(dataset_config, roles)
     items, dropped = [], []
     for dataset in datasets:
         problem = roles.dataset_problem(dataset.kind)
@@ -279,7 +279,7 @@ class _Scan:
             return None
         media, problems = self.by_stem[stem], self.problems
         fields = LATENT_FIELDS if self.roles.present("video") else AUDIO_FIELDS
-        header, fingerprint, problem = _open(path, fields)
+        header, fingerprint, problem = open_cache(path, fields)
         if problem is not None:
             self.found[stem] += 1
             problems.add(path, problem, problems.latents_fix + " (with --prune_cache if the window is gone)")
@@ -316,7 +316,7 @@ class _Scan:
             shape = (*shape, lengths[0])
         text_path = naming.text_cache_path(self.dataset.cache_directory, media.stem)
         # Audio partners of a window are checked against its audio sidecar and its latent steps.
-        audio_target = _open(audio_path, AUDIO_FIELDS)[1] if audio_path is not None else None
+        audio_target = open_cache(audio_path, AUDIO_FIELDS)[1] if audio_path is not None else None
         partners = self._partners(key, media, fingerprint, shape[:3], audio_target, shape[3:4])
         if partners is None:
             return None
@@ -367,7 +367,7 @@ class _Scan:
         what = kind.replace("_", " ")
         if not path.is_file():
             return f"{what} cache missing for {path.name.removesuffix(naming.PARTNER_SUFFIXES[kind])}", ()
-        header, fingerprint, problem = _open(path, PARTNER_FIELDS[kind])
+        header, fingerprint, problem = open_cache(path, PARTNER_FIELDS[kind])
         if problem is not None:
             return problem, ()
         shared = [name for name in ("dataset", "window", "fps", "bucket", "audio_checkpoint") if name in fingerprint]
@@ -431,7 +431,7 @@ class _Scan:
         if not audio_path.is_file():
             self.problems.add(audio_path, f"audio latent cache missing for {key}", self.problems.latents_fix)
             return None
-        header, fingerprint, problem = _open(audio_path, AUDIO_FIELDS)
+        header, fingerprint, problem = open_cache(audio_path, AUDIO_FIELDS)
         if problem is None and any(fingerprint.get(k) != video_fingerprint.get(k) for k in _SHARED_FIELDS):
             problem = "stale audio cache (its video cache was made again)"
         if problem is not None:
@@ -485,15 +485,15 @@ def _version_problem(checkpoint: dict | None, model_version: str | None, what: s
     return None
 
 
-def _check_text_cache(text_path: Path, media, roles, model_version, video_context_dim, problems: _Problems) -> None:
+def _check_text_cache(text_path: Path, media, roles, model_version, video_context_dim, problems: CacheProblems) -> None:
     """The text cache exists, is whole, fits the roles and the model, and was made from the current caption."""
     if not text_path.is_file():
         problems.add(text_path, f"text encoder cache missing for {media.path.name}", problems.text_fix)
         return
-    header, fingerprint, problem = _open(text_path, TEXT_FIELDS)
+    header, fingerprint, problem = open_cache(text_path, TEXT_FIELDS)
     if problem is None:
         problem = _text_fingerprint_problem(fingerprint, media, roles, model_version)
     if problem is None:
-        problem = _text_problem(header, roles, video_context_dim)
+        problem = text_tensor_problem(header, roles, video_context_dim)
     if problem is not None:
         problems.add(text_path, problem, problems.text_fix)

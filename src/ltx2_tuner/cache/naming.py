@@ -9,6 +9,7 @@
       000001_00000-049_ltx2_mask.safetensors        its inpainting mask on the target's latent grid
       voice_ltx2_ref_audio.safetensors              an audio item's reference audio latents
       voice_ltx2_audio_mask.safetensors             an audio item's mask on its audio latent steps
+      ltx2_empty_prompt_te.safetensors              the empty prompt's text encoder outputs (caption dropout)
 
 Tensor keys: `latents_{F}x{H}x{W}_{dtype}` ([128, F, H, W] latent dims), `audio_latents_{T}x{mel}x{C}_{dtype}`
 ([C=8, T, mel=16]) and `audio_lengths_int32`, `video_prompt_embeds_{dtype}`, `audio_prompt_embeds_{dtype}`,
@@ -32,6 +33,8 @@ REFERENCE_SUFFIX = "_ltx2_ref.safetensors"
 MASK_SUFFIX = "_ltx2_mask.safetensors"
 REFERENCE_AUDIO_SUFFIX = "_ltx2_ref_audio.safetensors"
 AUDIO_MASK_SUFFIX = "_ltx2_audio_mask.safetensors"
+# Not `{stem}` + a suffix above, so no media file's cache can have this name and no scan takes it for an item.
+EMPTY_PROMPT_NAME = "ltx2_empty_prompt_te.safetensors"
 # The cache file of each partner kind (data.items.PARTNER_KINDS).
 PARTNER_SUFFIXES = {"reference": REFERENCE_SUFFIX, "mask": MASK_SUFFIX, "reference_audio": REFERENCE_AUDIO_SUFFIX,
                     "audio_mask": AUDIO_MASK_SUFFIX}  # fmt: skip
@@ -63,6 +66,11 @@ def partner_cache_path(cache_directory: Path, key: str, kind: str) -> Path:
 
 def text_cache_path(cache_directory: Path, stem: str) -> Path:
     return cache_directory / f"{stem}{TEXT_SUFFIX}"
+
+
+def empty_prompt_cache_path(cache_directory: Path) -> Path:
+    """The empty prompt's text cache of a dataset (what a sample with a dropped caption trains on)."""
+    return cache_directory / EMPTY_PROMPT_NAME
 
 
 def parse_latent_name(path: Path) -> tuple[str, int, int] | None:

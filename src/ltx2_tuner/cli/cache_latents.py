@@ -6,6 +6,7 @@
 `--ltx_mode audio` caches only audio latents (audio datasets, and the soundtracks of video datasets' windows) and
 never opens the video VAE. Datasets with references or masks (`reference_directory`, `mask_directory`, ...) also get
 their `_ltx2_ref`, `_ltx2_mask`, `_ltx2_ref_audio` and `_ltx2_audio_mask` files (docs/dataset-config.md).
+Validation datasets (`[[validation_datasets]]`) are cached like training datasets.
 """
 
 from __future__ import annotations
@@ -139,14 +140,14 @@ def _report_plan_problems(plan: LatentPlan, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from ltx2_tuner.cache.latent_cacher import LatentEncoder, VaeTiling, cache_latents
-    from ltx2_tuner.data.config import check_dataset_kinds, load_dataset_config
+    from ltx2_tuner.data.config import check_dataset_kinds, load_all_datasets
     from ltx2_tuner.data.items import caption_problems, raise_caption_problems
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or args.num_workers < 0:
         raise ConfigError("--batch_size must be >= 1 and --num_workers >= 0")
     tiling = VaeTiling(args.vae_tile_size, args.vae_tile_frames)  # checks the values before any work
-    datasets = load_dataset_config(args.dataset_config)
+    datasets = load_all_datasets(args.dataset_config)  # training and validation datasets
     check_dataset_kinds(datasets, args.ltx_mode)
     # A media file without a readable caption would fail text caching later: say so now, as that command does
     # (whether an empty caption is allowed is the text cacher's --allow_empty_captions).

@@ -3,6 +3,9 @@
     python ltx2_cache_text_encoder_outputs.py --dataset_config dataset.toml \\
         --ltx2_checkpoint ltx-2.3-22b-dev.safetensors --gemma_root gemma-3-12b-it \\
         [--ltx_mode av|audio] [--skip_existing] [--sample_prompts prompts.txt] [--gemma_offload]
+
+Validation datasets are cached like training datasets. The empty prompt (caption dropout) is encoded once and
+written into every training dataset's cache folder (cache.empty_prompt).
 """
 
 from __future__ import annotations
@@ -81,8 +84,9 @@ def _quantization(args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ltx2_tuner.cache import empty_prompt
     from ltx2_tuner.cache import sample_prompts as samples
-    from ltx2_tuner.cache.naming import TEXT_SUFFIX
+    from ltx2_tuner.cache.naming import EMPTY_PROMPT_NAME, TEXT_SUFFIX
     from ltx2_tuner.cache.store import remove_interrupted_writes
     from ltx2_tuner.cache.text_cacher import (
         TextCacheSummary,
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         pending_jobs,
         plan_text_jobs,
     )
-    from ltx2_tuner.data.config import load_dataset_config
+    from ltx2_tuner.data.config import load_all_datasets
     from ltx2_tuner.models.model_files import model_files
     from ltx2_tuner.models.text_embeddings import check_text_encoder, connector_checkpoint, require_connector_weights
     from ltx2_tuner.models.text_encoder import check_offload, check_quantization
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be wrong is found here, before any weights load.
     check_offload(quantization, args.gemma_offload)
     check_quantization(quantization, device)
-    datasets = load_dataset_config(args.dataset_config)
+    datasets = load_all_datasets(args.dataset_config)  # training and validation datasets
     files = model_files(args.ltx2_checkpoint, text_encoder=args.text_encoder or args.gemma_root)
     text_encoder = files.text_encoder(required=False)  # not needed when every cache is current
     if args.ltx2_text_encoder_checkpoint:
@@ -130,17 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         compat_keys=not args.no_compat_text_keys and compat_keys_allowed(args.ltx_mode),
     )
     for dataset in datasets:
-        remove_interrupted_writes(dataset.cache_directory, (TEXT_SUFFIX,))
+        remove_interrupted_writes(dataset.cache_directory, (TEXT_SUFFIX, EMPTY_PROMPT_NAME))
     pending = pending_jobs(jobs, stamp, args.skip_existing)
+    empty_paths = empty_prompt.empty_prompt_paths(datasets)
+    empty_pending = empty_prompt.pending_empty_prompts(empty_paths, stamp, args.skip_existing)
     sample_path = args.sample_prompts_cache or (samples.sample_cache_path(args.sample_prompts) if prompts else None)
     sample_needed = prompts is not None and not (
         args.skip_existing and samples.sample_cache_is_current(sample_path, prompts, stamp.models())
     )
-    if (pending or sample_needed) and gemma is None:
+    if (pending or sample_needed or empty_pending) and gemma is None:
         what = [f"{len(pending)} caption(s)"] if pending else []
         what += ["the sample prompts"] if sample_needed else []
+        what += ["the empty prompt"] if empty_pending else []
+        verb = "needs" if what == ["the empty prompt"] else "need"
         raise ConfigError(
-            f"{' and '.join(what)} need encoding; pass --text_encoder with "
+            f"{' and '.join(what)} {verb} encoding; pass --text_encoder with "
             f"{'the LTX Gemma 4' if files.version == '2.5' else 'the Gemma 3 directory (e.g. gemma-3-12b-it)'}"
         )
 
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.ltx_mode}, {args.mixed_precision}) on {device}",
         flush=True,
     )
-    if pending or sample_needed:
+    if pending or sample_needed or empty_pending:
         encode, unload = _load_encoder(
             info, gemma, args.ltx_mode, dtype, device, quantization, args.gemma_offload, args.batch_size
         )
@@ -159,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
             summary.encoded, summary.failed = result.encoded, result.failed
             if sample_needed:
                 samples.cache_sample_prompts(sample_path, prompts, encode, stamp.models(), args.batch_size)
+            summary.failed += empty_prompt.cache_empty_prompt(empty_pending, encode, stamp)
         finally:
             unload()
+    reused = len(empty_paths) - len(empty_pending)
+    print(f"empty prompt (caption dropout): written to {len(empty_pending)}, current in {reused} cache folder(s)")
     if prompts is not None:
         state = "written" if sample_needed else "current, reused"
         print(f"sample prompts: {len(prompts)} prompt(s) in {sample_path} ({state})")

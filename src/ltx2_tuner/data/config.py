@@ -15,10 +15,16 @@
     audio_directory = "voice"          # an audio dataset (--ltx_mode audio): wav, flac, mp3, ogg, m4a, ...
     cache_directory = "cache/voice"
     audio_bucket_interval = 2.0        # clip lengths are rounded to whole multiples of this (seconds)
+    caption_dropout_rate = 0.1         # train 10% of its samples on the empty prompt
 
-Keys of `[general]` apply to every dataset that does not set them. Every problem in the file (unknown key, wrong
-type, impossible value) is reported at once, each naming the file, the table and the key. Relative paths are
-resolved against the config file's folder, or the current folder when only that one has them.
+    [[validation_datasets]]            # held out: the trainer's validation loss, never trained on
+    video_directory = "held_out"
+    cache_directory = "cache/held_out"
+
+Keys of `[general]` apply to every dataset that does not set them, validation datasets included (except
+`caption_dropout_rate`: a validation dataset never drops its captions, and may not set it). Every problem in the
+file (unknown key, wrong type, impossible value) is reported at once, each naming the file, the table and the key.
+Relative paths are resolved against the config file's folder, or the current folder when only that one has them.
 Schema facts: ../shared/reference/musubi-ltx2-fork.md Part 2.
 """
 
@@ -93,10 +99,19 @@ class DatasetConfig:
     reference_temporal_scale_factor: int = 1  # reference frames: frame 0, then every S-th
     control_resolution: tuple[int, int] | None = None  # the reference's own (width, height), multiples of 32
     no_resize_control: bool = False  # the reference keeps its own size, floored to multiples of 32
+    # Probability per sample of training on the empty prompt; None: unset, the trainer's --caption_dropout_rate.
+    # Validation datasets hold 0.0 (never dropped).
+    caption_dropout_rate: float | None = None
+    is_validation: bool = False  # a [[validation_datasets]] table: evaluated, never trained on
+
+    @property
+    def table(self) -> str:
+        """`[[datasets]] #i` or `[[validation_datasets]] #i`: where the dataset is in the file."""
+        return f"[[{'validation_datasets' if self.is_validation else 'datasets'}]] #{self.index}"
 
     @property
     def name(self) -> str:
-        return f"[[datasets]] #{self.index} ({self.source.name})"
+        return f"{self.table} ({self.source.name})"
 
 
 # key -> (accepted types, default, validator returning an error text or None). `None` default = required/unset.
@@ -131,6 +146,10 @@ def _control_resolution(value) -> str | None:
     return None
 
 
+def _rate(value) -> str | None:
+    return None if 0 <= value <= 1 else "must be between 0 and 1"
+
+
 def _audio_strategy(value) -> str | None:
     return None if value in AUDIO_BUCKET_STRATEGIES else f"must be one of {', '.join(AUDIO_BUCKET_STRATEGIES)}"
 
@@ -155,6 +174,7 @@ _SHARED: dict[str, tuple[tuple[type, ...], Any, _Validator]] = {
     "audio_bucket_interval": ((int, float), AUDIO_BUCKET_INTERVAL_S, _positive),
     "audio_bucket_strategy": ((str,), AUDIO_BUCKET_STRATEGY, _audio_strategy),
     "max_audio_duration": ((int, float), MAX_AUDIO_DURATION_S, _positive),
+    "caption_dropout_rate": ((int, float), None, _rate),
 }
 _SOURCES = ("image_directory", "image_jsonl_file", "video_directory", "video_jsonl_file", "audio_directory",
             "audio_jsonl_file")  # fmt: skip
@@ -254,36 +274,60 @@ def read_dataset_document(path: Path) -> dict:
 
 
 def load_dataset_config(path: str | Path) -> list[DatasetConfig]:
-    """Parse and validate a dataset TOML file; raise DatasetError listing every problem."""
+    """The training datasets (`[[datasets]]`) of a dataset TOML file; raise DatasetError listing every problem in
+    the file (its validation datasets included)."""
+    return [dataset for dataset in load_all_datasets(path) if not dataset.is_validation]
+
+
+def load_validation_datasets(path: str | Path) -> list[DatasetConfig]:
+    """The `[[validation_datasets]]` of a dataset TOML file (an empty list when it has none), checked as
+    `load_dataset_config` checks the file."""
+    return [dataset for dataset in load_all_datasets(path) if dataset.is_validation]
+
+
+def load_all_datasets(path: str | Path) -> list[DatasetConfig]:
+    """The training datasets, then the validation datasets: everything the caching commands cache."""
     path = Path(path)
     document = read_dataset_document(path)
 
     problems = _Problems(path)
-    known = ("general", "datasets", "conditions")  # [[conditions]] are conditioning/spec.py's to check
+    known = ("general", "datasets", "validation_datasets", "conditions")  # [[conditions]]: conditioning/spec.py's
     for key in document:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             problems.add("top level", f'unknown table "{key}"{hint}')
     general = _check_table(document.get("general", {}), _SHARED, "[general]", problems)
-    tables = document.get("datasets", [])
-    if not isinstance(tables, list) or not tables:
+    training = document.get("datasets", [])
+    if not isinstance(training, list) or not training:
         problems.add("top level", "no [[datasets]] table; add at least one dataset")
-        tables = []
+        training = []
+    validation = document.get("validation_datasets", [])
+    if not isinstance(validation, list):
+        problems.add("top level", '"validation_datasets" must be [[validation_datasets]] tables')
+        validation = []
 
     datasets = []
-    for index, table in enumerate(tables, start=1):
-        where = f"[[datasets]] #{index}"
-        own = _check_table(table, {**_SHARED, **_DATASET_ONLY}, where, problems)
-        dataset = _build(path, index, where, general, own, problems)
-        if dataset is not None:
-            datasets.append(dataset)
+    for is_validation, tables in ((False, training), (True, validation)):
+        for index, table in enumerate(tables, start=1):
+            where = f"[[{'validation_datasets' if is_validation else 'datasets'}]] #{index}"
+            if not isinstance(table, dict):
+                problems.add(where, "must be a table of keys")
+                continue
+            own = _check_table(table, {**_SHARED, **_DATASET_ONLY}, where, problems)
+            if is_validation and "caption_dropout_rate" in table:
+                problems.add(where, 'key "caption_dropout_rate" is for [[datasets]]: validation never drops captions')
+            dataset = _build(path, index, where, general, own, problems, is_validation)
+            if dataset is not None:
+                datasets.append(dataset)
     problems.raise_if_any()
     _check_unique_caches(path, datasets)
     return datasets
 
 
-def _build(path: Path, index: int, where: str, general: dict, own: dict, problems: _Problems) -> DatasetConfig | None:
+def _build(
+    path: Path, index: int, where: str, general: dict, own: dict, problems: _Problems, is_validation: bool = False
+) -> DatasetConfig | None:
     values = {**general, **own}
     sources = [key for key in _SOURCES if key in values]
     if len(sources) != 1:
@@ -322,6 +366,7 @@ def _build(path: Path, index: int, where: str, general: dict, own: dict, problem
             stacklevel=2,
         )
     cache = merged["cache_directory"]
+    rate = merged["caption_dropout_rate"]
     return DatasetConfig(
         index=index,
         kind=kind,
@@ -343,6 +388,9 @@ def _build(path: Path, index: int, where: str, general: dict, own: dict, problem
         target_fps=float(merged["target_fps"]) if merged["target_fps"] else None,
         **(_audio_settings(merged) if kind == "audio" else {}),
         **_partner_settings(path.parent, where, values, is_jsonl, problems),
+        # [general]'s rate is for training datasets only: validation is always on the real captions.
+        caption_dropout_rate=0.0 if is_validation else None if rate is None else float(rate),
+        is_validation=is_validation,
     )
 
 

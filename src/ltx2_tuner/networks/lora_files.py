@@ -1,14 +1,22 @@
-"""Reading LoRA files: the official/ComfyUI layout and musubi-tuner's, and a one-line refusal of anything else.
+"""Reading adapter files: LoRA, DoRA, LoKr and LoHa in the official/ComfyUI layout and in musubi-tuner's, and a
+one-line refusal of anything else.
 
-A file we read is plain LoRA pairs, one per Linear layer:
+One Linear layer per stem; the stem is `diffusion_model.<official path>` (official/ComfyUI) or
+`lora_unet_model_<official path, dots as underscores>` (musubi), followed by the tensors of one algorithm:
 
-- official/ComfyUI: `diffusion_model.<official path>.lora_A.weight` / `.lora_B.weight` (or `.lora_down` /
-  `.lora_up`), with or without `.alpha` (without: alpha is folded into B, the portable convention);
-- musubi: `lora_unet_model_<official path, dots as underscores>.lora_down.weight` / `.lora_up.weight` / `.alpha`.
+| algo | tensors after the stem |
+|---|---|
+| LoRA | `.lora_A.weight` / `.lora_B.weight` (or `.lora_down.weight` / `.lora_up.weight`), optional `.alpha` |
+| DoRA | the LoRA pair and `.dora_scale` [out, 1] (ComfyUI) or `.lora_magnitude_vector.weight` [out] (musubi) |
+| LoKr | `.lokr_w1` or `.lokr_w1_a` + `.lokr_w1_b`; `.lokr_w2` or `.lokr_w2_a` + `.lokr_w2_b`; optional `.alpha` |
+| LoHa | `.hada_w1_a`, `.hada_w1_b`, `.hada_w2_a`, `.hada_w2_b`, optional `.alpha` |
 
-DoRA magnitudes, LoKr/LoHa factors, full-weight diffs, diffusers/PEFT names, or any tensor that is not part of a
-pair are refused with the file and what was found: loading "what we understood" would silently train from an
-untrained LoRA. Facts: ../shared/reference/musubi-ltx2-fork.md §3.3; diffusers-ltx2-and-peers.md §3.1.
+Without `.alpha` the scale is 1 (it is folded into a factor, the portable convention). With it: alpha / rank, the
+rank being the inner size of the factorised part (ComfyUI's rule; LoKr with two full factors ignores alpha; musubi
+LoKr files with a full w2 do too). The formulas are in `adapter_layers.py`. OFT, (IA)^3, Tucker factors, full-weight
+diffs, diffusers/PEFT names, input-axis DoRA, or any tensor that fits no layout are refused with the file and what
+was found: loading "what we understood" would silently train or generate from something else.
+Facts: ../shared/reference/musubi-ltx2-fork.md §3.3; diffusers-ltx2-and-peers.md §3.1; docs/adapters.md.
 """
 
 from __future__ import annotations
@@ -21,38 +29,45 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ltx2_tuner.errors import Ltx2TunerError
+from ltx2_tuner.networks.adapter_layers import AdapterLayer, DoraLayer, LohaLayer, LokrLayer, LoraLayer
 from ltx2_tuner.networks.musubi_names import MUSUBI_PREFIX, OFFICIAL_PREFIX, musubi_to_official
+
+__all__ = ["LoraFile", "LoraFileError", "LoraLayer", "read_lora_file"]
 
 # Official names outside `diffusion_model.` that a ComfyUI-style LoRA may carry (musubi's 2.3 text projection).
 _OTHER_OFFICIAL_PREFIXES = ("text_embedding_projection.",)
-_ROLES = {  # tensor name suffix -> its role in a LoRA pair
+_LOKR_ROLES = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+_LOHA_ROLES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+_ROLES = {  # tensor name suffix -> its role in a layer (longest suffixes first where one ends another)
     ".lora_A.weight": "down",
     ".lora_down.weight": "down",
     ".lora_B.weight": "up",
     ".lora_up.weight": "up",
     ".alpha": "alpha",
+    ".dora_scale": "dora_scale",
+    ".lora_magnitude_vector.weight": "magnitude",
+    ".lora_magnitude_vector": "magnitude",  # PEFT's state-dict name
+    **{f".{role}": role for role in _LOKR_ROLES + _LOHA_ROLES},
 }
 _ROLE_NAMES = {"down": "lora_A/lora_down", "up": "lora_B/lora_up"}
-_PLAIN_LORA_FIX = "train or convert a plain LoRA (lora_A/lora_B or lora_down/lora_up pairs)"
-_NOT_PLAIN = "is not supported, only plain LoRA is"
-# Adapters that are not plain LoRA, recognised by a tensor name: (what, pattern, problem, fix). First match wins.
+_SUPPORTED_FIX = "train or convert a LoRA, DoRA, LoKr or LoHa of Linear layers"
+_NOT_SUPPORTED = "is not supported (LoRA, DoRA, LoKr and LoHa are)"
+# Layouts we do not read, recognised by a tensor name: (what, pattern, problem, fix). First match wins.
 _OTHER_LAYOUTS = (
     (
-        "DoRA (magnitude vectors)",
-        re.compile(r"\.(lora_magnitude_vector|dora_scale)(\.|$)"),
-        "is not supported yet",
-        "train or convert a plain LoRA without DoRA",
+        "Tucker-decomposed LoKr/LoHa (lokr_t2, hada_t1/t2: convolution layers)",
+        re.compile(r"\.(lokr_t2|hada_t1|hada_t2)$"),
+        _NOT_SUPPORTED,
+        "train the LoKr/LoHa without use_tucker",
     ),
-    ("LoKr (lokr_w1/lokr_w2 factors)", re.compile(r"\.lokr_(w1|w2|t2)"), _NOT_PLAIN, _PLAIN_LORA_FIX),
-    ("LoHa (hada_w1/hada_w2 factors)", re.compile(r"\.hada_(w1|w2|t1|t2)"), _NOT_PLAIN, _PLAIN_LORA_FIX),
-    ("OFT (orthogonal blocks)", re.compile(r"\.(oft_blocks|oft_diag)"), _NOT_PLAIN, _PLAIN_LORA_FIX),
-    ("(IA)^3 (on_input vectors)", re.compile(r"\.on_input$"), _NOT_PLAIN, _PLAIN_LORA_FIX),
-    ("LyCORIS full (.diff/.diff_b weight differences)", re.compile(r"\.diff(_b)?$"), _NOT_PLAIN, _PLAIN_LORA_FIX),
+    ("OFT (orthogonal blocks)", re.compile(r"\.(oft_blocks|oft_diag|oft_R)"), _NOT_SUPPORTED, _SUPPORTED_FIX),
+    ("(IA)^3 (on_input vectors)", re.compile(r"\.on_input$"), _NOT_SUPPORTED, _SUPPORTED_FIX),
+    ("LyCORIS full (.diff/.diff_b weight differences)", re.compile(r"\.diff(_b)?$"), _NOT_SUPPORTED, _SUPPORTED_FIX),
     (
         "diffusers/PEFT naming (transformer.* keys)",
         re.compile(r"^(transformer|base_model\.model)\."),
         "is not read",
-        "save the LoRA in the official/ComfyUI format (diffusion_model.* keys) or musubi's (lora_unet_*)",
+        "save the adapter in the official/ComfyUI format (diffusion_model.* keys) or musubi's (lora_unet_*)",
     ),
 )
 
@@ -62,28 +77,18 @@ class LoraFileError(Ltx2TunerError):
 
 
 @dataclass(frozen=True)
-class LoraLayer:
-    down: torch.Tensor  # lora_A, [rank, in_features], as stored
-    up: torch.Tensor  # lora_B, [out_features, rank], as stored (without `scale`)
-    scale: float  # alpha / rank; 1.0 when the file has no alpha (it is folded into `up` already)
-
-    @property
-    def rank(self) -> int:
-        return self.down.shape[0]
-
-    def folded_up(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """B with the scale folded in: the layer adds `folded_up @ down @ x`."""
-        return (self.up.float() * self.scale).to(dtype)
-
-
-@dataclass(frozen=True)
 class LoraFile:
     path: Path
-    layers: dict[str, LoraLayer]  # official module name with its prefix: `diffusion_model.transformer_blocks...`
+    layers: dict[str, AdapterLayer]  # official module name with its prefix: `diffusion_model.transformer_blocks...`
+
+    @property
+    def algos(self) -> set[str]:
+        """The algorithms of its layers ("lora", "dora", "lokr", "loha"); one for every file we write."""
+        return {layer.algo for layer in self.layers.values()}
 
 
 def read_lora_file(path: Path) -> LoraFile:
-    """The LoRA pairs of an official/ComfyUI or musubi file; any other layout is a LoraFileError."""
+    """The adapter layers of an official/ComfyUI or musubi file; any other layout is a LoraFileError."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -94,7 +99,7 @@ def read_lora_file(path: Path) -> LoraFile:
         raise LoraFileError(f"{path}: the file holds no tensors; not a LoRA")
     _refuse_other_layouts(path, tensors)
     layers = {}
-    for stem, parts in _group_pairs(path, tensors).items():
+    for stem, parts in _group_layers(path, tensors).items():
         name = _official_name(path, stem)
         if name in layers:
             raise LoraFileError(f"{path}: layer {name} appears twice (as {stem} too); keep one of the two")
@@ -109,15 +114,15 @@ def _refuse_other_layouts(path: Path, tensors: dict[str, torch.Tensor]) -> None:
             raise LoraFileError(f"{path}: {layout} {problem} (found {key}); {fix}")
 
 
-def _group_pairs(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """{stem: {"down": A, "up": B, "alpha": a}}; a tensor with no role in a pair is an error."""
+def _group_layers(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{stem: {role: tensor}}; a tensor with no role in a layer is an error."""
     stems: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         suffix = next((suffix for suffix in _ROLES if key.endswith(suffix)), None)
         if suffix is None:
             raise LoraFileError(
-                f"{path}: unrecognised tensor {key} (not a lora_A/lora_B, lora_down/lora_up or alpha tensor); "
-                f"not a LoRA layout ltx2-tuner reads, {_PLAIN_LORA_FIX}"
+                f"{path}: unrecognised tensor {key} (not part of a LoRA, DoRA, LoKr or LoHa layer); not an adapter "
+                f"layout ltx2-tuner reads, {_SUPPORTED_FIX}"
             )
         parts = stems.setdefault(key[: -len(suffix)], {})
         if _ROLES[suffix] in parts:
@@ -143,25 +148,113 @@ def _official_name(path: Path, stem: str) -> str:
     )
 
 
-def _layer(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> LoraLayer:
+def _layer(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> AdapterLayer:
+    kinds = {
+        "LoKr": any(role in parts for role in _LOKR_ROLES),
+        "LoHa": any(role in parts for role in _LOHA_ROLES),
+        "LoRA/DoRA": any(role in parts for role in ("down", "up", "dora_scale", "magnitude")),
+    }
+    found = [kind for kind, present in kinds.items() if present] or ["LoRA/DoRA"]  # only an alpha: LoRA says what lacks
+    if len(found) != 1:
+        raise LoraFileError(
+            f"{path}: layer {stem} has {' and '.join(found)} tensors; the file is damaged, export it again"
+        )
+    build = {"LoKr": _lokr_layer, "LoHa": _loha_layer, "LoRA/DoRA": _lora_layer}[found[0]]
+    return build(path, stem, parts)
+
+
+def _alpha(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> float | None:
+    """The layer's alpha, checked after its other tensors (a missing one is the clearer message)."""
+    alpha = parts.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        raise LoraFileError(f"{path}: {stem}.alpha has {alpha.numel()} values, not one; the file is damaged")
+    return None if alpha is None else float(alpha)
+
+
+def _damaged(path: Path, stem: str, what: str) -> LoraFileError:
+    return LoraFileError(f"{path}: layer {stem} {what}; the file is damaged or not an adapter of Linear layers")
+
+
+def _lora_layer(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> LoraLayer:
     for role, partner in (("down", "up"), ("up", "down")):
         if role not in parts:
-            have = _ROLE_NAMES[partner] if partner in parts else "only an alpha"
+            magnitude = "dora_scale" in parts or "magnitude" in parts
+            have = _ROLE_NAMES[partner] if partner in parts else "a DoRA magnitude" if magnitude else "only an alpha"
             raise LoraFileError(
                 f"{path}: layer {stem} has {have} but no {_ROLE_NAMES[role]} tensor; the file is incomplete, "
                 "export or download it again"
             )
     down, up = parts["down"], parts["up"]
     if down.ndim != 2 or up.ndim != 2 or down.shape[0] != up.shape[1]:
-        raise LoraFileError(
-            f"{path}: layer {stem} has lora_A/down {list(down.shape)} and lora_B/up {list(up.shape)}, not "
-            "[rank, in] and [out, rank]; the file is damaged or not a LoRA of Linear layers"
+        raise _damaged(
+            path,
+            stem,
+            f"has lora_A/down {list(down.shape)} and lora_B/up {list(up.shape)}, not [rank, in] and [out, rank]",
         )
-    alpha = parts.get("alpha")
-    if alpha is not None and alpha.numel() != 1:
-        raise LoraFileError(f"{path}: {stem}.alpha has {alpha.numel()} values, not one; the file is damaged")
-    scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
+    alpha = _alpha(path, stem, parts)
+    scale = 1.0 if alpha is None else alpha / down.shape[0]
+    if "dora_scale" in parts and "magnitude" in parts:
+        raise _damaged(path, stem, "has both a dora_scale and a lora_magnitude_vector")
+    if "dora_scale" in parts:
+        dora_scale = parts["dora_scale"]
+        if dora_scale.numel() != up.shape[0] or dora_scale.shape[0] != up.shape[0]:
+            raise LoraFileError(
+                f"{path}: layer {stem} has dora_scale {list(dora_scale.shape)}, not [{up.shape[0]}, 1]: input-axis "
+                "DoRA (an old LyCORIS layout) is not supported; train the DoRA with the magnitude on the output axis"
+            )
+        return DoraLayer(down, up, scale, dora_scale=dora_scale.reshape(-1, 1))
+    if "magnitude" in parts:
+        magnitude = parts["magnitude"]
+        if magnitude.numel() != up.shape[0]:
+            raise _damaged(path, stem, f"has a magnitude of {magnitude.numel()} values for {up.shape[0]} outputs")
+        return DoraLayer(down, up, scale, magnitude=magnitude.reshape(-1))
     return LoraLayer(down, up, scale)
+
+
+def _kron_factor(path: Path, stem: str, parts: dict[str, torch.Tensor], name: str):
+    """`lokr_w1` -> the full matrix or the (a, b) pair."""
+    if name in parts:
+        if parts[name].ndim != 2:
+            raise _damaged(path, stem, f"has {name} {list(parts[name].shape)}, not a matrix")
+        return parts[name]
+    a, b = parts.get(f"{name}_a"), parts.get(f"{name}_b")
+    if a is None or b is None:
+        raise LoraFileError(
+            f"{path}: layer {stem} has neither {name} nor both {name}_a and {name}_b; the file is incomplete, "
+            "export or download it again"
+        )
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise _damaged(path, stem, f"has {name}_a {list(a.shape)} and {name}_b {list(b.shape)}, not [m, r] and [r, n]")
+    return a, b
+
+
+def _lokr_layer(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> LokrLayer:
+    w1, w2 = _kron_factor(path, stem, parts, "lokr_w1"), _kron_factor(path, stem, parts, "lokr_w2")
+    alpha = _alpha(path, stem, parts)
+    rank = None  # ComfyUI: alpha / inner size of the factorised part, w2's when both are; none factorised: scale 1
+    if isinstance(w1, tuple) and not stem.startswith(MUSUBI_PREFIX):  # musubi: a full w2 means scale 1
+        rank = w1[1].shape[0]
+    if isinstance(w2, tuple):
+        rank = w2[1].shape[0]
+    scale = alpha / rank if alpha is not None and rank is not None else 1.0
+    return LokrLayer(w1, w2, scale)
+
+
+def _loha_layer(path: Path, stem: str, parts: dict[str, torch.Tensor]) -> LohaLayer:
+    missing = [role for role in _LOHA_ROLES if role not in parts]
+    if missing:
+        raise LoraFileError(
+            f"{path}: layer {stem} has no {', '.join(missing)}; the file is incomplete, export or download it again"
+        )
+    w1_a, w1_b, w2_a, w2_b = (parts[role] for role in _LOHA_ROLES)
+    if any(t.ndim != 2 for t in (w1_a, w1_b, w2_a, w2_b)) or not (
+        w1_a.shape[1] == w1_b.shape[0] and w2_a.shape[1] == w2_b.shape[0]
+        and (w1_a.shape[0], w1_b.shape[1]) == (w2_a.shape[0], w2_b.shape[1])
+    ):  # fmt: skip
+        raise _damaged(path, stem, "has hada factors whose shapes do not pair up")
+    alpha = _alpha(path, stem, parts)
+    scale = 1.0 if alpha is None else alpha / w1_b.shape[0]
+    return LohaLayer(w1_a, w1_b, w2_a, w2_b, scale)
 
 
 # Which model families a LoRA carries over to without a word: LTX 2.5 continues the 2.3 lineage (same layers and

@@ -1,4 +1,16 @@
-"""`lora_ltx2`: LoRA for the LTX-2 transformer (PEFT underneath), saved in the official / ComfyUI format.
+"""`lora_ltx2`: LoRA, DoRA, LoKr or LoHa for the LTX-2 transformer (PEFT underneath), saved in the official /
+ComfyUI format.
+
+The algorithm is `--network_args algo=lora|dora|lokr|loha` (default lora), with its options (docs/adapters.md):
+
+| key | algos | meaning |
+|---|---|---|
+| `factor=N` | lokr | Kronecker factor of each dimension (-1, default: as square as the dimension allows) |
+| `decompose_both=true` | lokr | factor w1 into a rank-r pair too (w2 is factored when the rank is small enough) |
+| `rank_dropout=P`, `module_dropout=P` | lokr, loha | LyCORIS dropouts (they replace --network_dropout) |
+
+--network_dim / --network_alpha are the rank and alpha of each (scale alpha / rank); --network_dropout is LoRA's and
+DoRA's input dropout.
 
 Targets are chosen by a preset and optional regexes (`--network_args preset=full include=... exclude=...`):
 
@@ -14,10 +26,11 @@ Targets are chosen by a preset and optional regexes (`--network_args preset=full
 
 The default is the mode's (`roles.ModalityRoles.default_preset`, which says why for each).
 
-The LoRA weights stay in float32 whatever the base dtype. The saved file uses the official module names:
-`diffusion_model.<official path>.lora_A.weight` / `.lora_B.weight`, with alpha / rank folded into `lora_B` and no
-`.alpha` tensors, which ComfyUI, diffusers' `LTX2LoraLoaderMixin` and Lightricks' pipelines all load as is.
-`load_lora_weights` reads that format and musubi's (`lora_files.py` says which files are refused).
+The adapter weights stay in float32 whatever the base dtype. The saved file uses the official module names:
+`diffusion_model.<official path>.lora_A.weight` / `.lora_B.weight` for LoRA, with alpha / rank folded into `lora_B`
+and no `.alpha` tensors, which ComfyUI, diffusers' `LTX2LoraLoaderMixin` and Lightricks' pipelines all load as is;
+DoRA adds ComfyUI's `.dora_scale`, LoKr and LoHa use LyCORIS's tensor names (`convert_lora.layer_tensors`).
+`load_lora_weights` reads those and musubi's (`lora_files.py` says which files are refused).
 Facts: ../shared/reference/official-ltx-trainer.md §1.3, §1.12; diffusers-ltx2-and-peers.md §3.
 """
 
@@ -30,13 +43,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
+from peft import inject_adapter_in_model
 from torch import nn
 
 from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.models.fp8 import Fp8Linear
 from ltx2_tuner.models.key_maps import TRANSFORMER_KEYS
 from ltx2_tuner.models.safetensors_io import save_atomically
-from ltx2_tuner.networks.lora_files import OFFICIAL_PREFIX, LoraFileError, LoraLayer, read_lora_file
+from ltx2_tuner.networks import peft_adapters
+from ltx2_tuner.networks.adapter_layers import DoraLayer, LoraLayer
+from ltx2_tuner.networks.convert_lora import layer_tensors
+from ltx2_tuner.networks.lora_files import OFFICIAL_PREFIX, LoraFileError, read_lora_file
+from ltx2_tuner.networks.peft_adapters import ADAPTER, ALGOS, adapted_layers
 from ltx2_tuner.roles import ModalityRoles, roles_for
 
 _PROJECTIONS = r"(to_q|to_k|to_v|to_out\.0)"
@@ -53,7 +71,12 @@ PRESETS = {
     # LTX-2.3's per-head attention gate `to_gate_logits` too, as musubi's `full`, so its full LoRAs load.
     "full": rf"transformer_blocks\.\d+\.([a-z_0-9]*attn[a-z_0-9]*\.({_PROJECTIONS}|to_gate_logits)|{_FEED_FORWARD})",
 }
-ADAPTER = "default"
+ALGO_METADATA_KEY = "ltx2_network_algo"
+# --network_args keys: target choice (every algo) and the algorithm with its options.
+_TARGET_KEYS = ("preset", "include", "exclude")
+_ALGO_KEYS = {"factor": ("lokr",), "decompose_both": ("lokr",), "rank_dropout": ("lokr", "loha")}
+_ALGO_KEYS["module_dropout"] = ("lokr", "loha")
+NETWORK_ARG_KEYS = (*_TARGET_KEYS, "algo", *_ALGO_KEYS)
 
 
 class LoraLoadWarning(UserWarning):
@@ -64,8 +87,13 @@ class LoraLoadWarning(UserWarning):
 class LoraSpec:
     rank: int
     alpha: float
-    dropout: float
+    dropout: float  # LoRA/DoRA input dropout
     targets: tuple[str, ...]  # diffusers module names, sorted
+    algo: str = "lora"  # one of ALGOS
+    factor: int = -1  # LoKr: Kronecker factor (-1: as square as possible)
+    decompose_both: bool = False  # LoKr: factor w1 too
+    rank_dropout: float = 0.0  # LoKr/LoHa
+    module_dropout: float = 0.0  # LoKr/LoHa
 
     @property
     def scale(self) -> float:
@@ -73,16 +101,80 @@ class LoraSpec:
 
 
 def parse_network_args(args: list[str] | None) -> dict[str, str]:
-    """`["preset=full", "exclude=ff"]` -> {"preset": "full", "exclude": "ff"}; unknown keys are errors."""
+    """`["preset=full", "algo=lokr", "factor=8"]` -> {"preset": "full", ...}; unknown keys, bad values and an
+    option of another algo than the chosen one are ConfigErrors."""
     parsed = {}
     for arg in args or []:
         key, sep, value = arg.partition("=")
-        if not sep or key not in ("preset", "include", "exclude"):
-            raise ConfigError(f"--network_args {arg!r}: expected preset=NAME, include=REGEX or exclude=REGEX")
+        if not sep or key not in NETWORK_ARG_KEYS:
+            raise ConfigError(
+                f"--network_args {arg!r}: expected preset=NAME, include=REGEX, exclude=REGEX, algo={'|'.join(ALGOS)} "
+                "or an algo option (factor=N, decompose_both=true|false, rank_dropout=P, module_dropout=P)"
+            )
         parsed[key] = value
     if "preset" in parsed and parsed["preset"] not in PRESETS:
         raise ConfigError(f"--network_args preset={parsed['preset']}: choose one of {', '.join(PRESETS)}")
+    algo = parsed.get("algo", "lora")
+    if algo not in ALGOS:
+        raise ConfigError(f"--network_args algo={algo}: choose one of {', '.join(ALGOS)}")
+    for key, algos in _ALGO_KEYS.items():
+        if key in parsed and algo not in algos:
+            raise ConfigError(
+                f"--network_args {key}={parsed[key]}: an option of algo={'/'.join(algos)}, not of algo={algo}; "
+                f"drop it or pass algo={algos[0]}"
+            )
     return parsed
+
+
+def spec_from_args(
+    rank: int, alpha: float, dropout: float, targets: tuple[str, ...], network_args: list[str] | None
+) -> LoraSpec:
+    """The LoraSpec of --network_dim/--network_alpha/--network_dropout and the algo options of --network_args."""
+    args = parse_network_args(network_args)
+    algo = args.get("algo", "lora")
+    if dropout and algo in ("lokr", "loha"):
+        raise ConfigError(
+            f"--network_dropout {dropout}: {algo} has no input dropout; pass --network_args rank_dropout={dropout} "
+            f"or module_dropout={dropout} instead (LyCORIS's dropouts)"
+        )
+    return LoraSpec(
+        rank,
+        alpha,
+        dropout,
+        targets,
+        algo=algo,
+        factor=_int_arg(args, "factor", -1),
+        decompose_both=_bool_arg(args, "decompose_both"),
+        rank_dropout=_probability_arg(args, "rank_dropout"),
+        module_dropout=_probability_arg(args, "module_dropout"),
+    )
+
+
+def _int_arg(args: dict[str, str], key: str, default: int) -> int:
+    try:
+        value = int(args.get(key, default))
+    except ValueError:
+        value = 0
+    if value == 0 or value < -1:
+        raise ConfigError(f"--network_args {key}={args[key]}: expected a whole number >= 1 (or -1 for automatic)")
+    return value
+
+
+def _bool_arg(args: dict[str, str], key: str) -> bool:
+    text = args.get(key, "false").lower()
+    if text not in ("true", "false"):
+        raise ConfigError(f"--network_args {key}={args[key]}: expected true or false")
+    return text == "true"
+
+
+def _probability_arg(args: dict[str, str], key: str) -> float:
+    try:
+        value = float(args.get(key, 0.0))
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"--network_args {key}={args[key]}: expected a probability in [0, 1)")
+    return value
 
 
 def select_targets(
@@ -108,18 +200,18 @@ def select_targets(
 
 
 def add_lora(backbone: nn.Module, spec: LoraSpec) -> list[nn.Parameter]:
-    """Inject LoRA layers into `backbone` in place; return the trainable LoRA parameters (float32)."""
-    config = LoraConfig(
-        r=spec.rank,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
-        target_modules=list(spec.targets),
-        init_lora_weights=True,  # B = 0: training starts from the base model
-    )
-    inject_adapter_in_model(config, backbone, adapter_name=ADAPTER)
+    """Inject the spec's adapter (LoRA, DoRA, LoKr or LoHa) into `backbone` in place; return its trainable
+    parameters (float32). DoRA on an fp8 base layer is a ConfigError: its norm needs the full-precision weight."""
+    modules = dict(backbone.named_modules())
+    if spec.algo == "dora" and any(isinstance(modules.get(name), Fp8Linear) for name in spec.targets):
+        raise ConfigError(
+            "--network_args algo=dora cannot train on --fp8_base layers (DoRA normalises the base weight, which fp8 "
+            "stores rounded and scaled); drop --fp8_base or use algo=lora, lokr or loha"
+        )
+    inject_adapter_in_model(peft_adapters.peft_config(spec), backbone, adapter_name=ADAPTER)
     parameters = []
     for name, param in backbone.named_parameters():
-        if ".lora_" in name:
+        if any(marker in name for marker in peft_adapters.PARAMETER_MARKERS):
             param.data = param.data.float()  # small; fp32 keeps updates of tiny magnitude
             param.requires_grad_(True)
             parameters.append(param)
@@ -128,47 +220,67 @@ def add_lora(backbone: nn.Module, spec: LoraSpec) -> list[nn.Parameter]:
     return parameters
 
 
-def _lora_layers(backbone: nn.Module):
-    for name, module in backbone.named_modules():
-        if hasattr(module, "lora_A") and ADAPTER in getattr(module, "lora_A", {}):
-            yield name, module
+def network_algo(backbone: nn.Module) -> str | None:
+    """The algorithm of the adapter injected into `backbone` (None: none is)."""
+    return next((algo for _, _, algo in adapted_layers(backbone)), None)
 
 
 def lora_state_dict(backbone: nn.Module, dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
-    """The official-format tensors: `diffusion_model.<official path>.lora_A/B.weight`, scale folded into B."""
+    """The official-format tensors of the injected adapter, `diffusion_model.<official path>.<tensor>`, every scale
+    folded into a factor (LoRA: `lora_A/B.weight`; see `convert_lora.layer_tensors` for the others), in `dtype`
+    except DoRA's `dora_scale` (float32)."""
     tensors = {}
-    for name, module in _lora_layers(backbone):
+    for name, module, _ in adapted_layers(backbone):
         official = TRANSFORMER_KEYS.to_official(name, prefix=OFFICIAL_PREFIX)
-        scale = module.scaling[ADAPTER]
-        tensors[f"{official}.lora_A.weight"] = module.lora_A[ADAPTER].weight.detach().to(dtype).contiguous()
-        tensors[f"{official}.lora_B.weight"] = (module.lora_B[ADAPTER].weight.detach().float() * scale).to(dtype)
+        layer = peft_adapters.export_layer(module, torch.float32)
+        weight = peft_adapters.base_weight(module) if isinstance(layer, DoraLayer) else None
+        for key, tensor in layer_tensors(official, layer, "official", weight).items():
+            # dora_scale multiplies whole weight rows: bf16 would move every weight by up to 0.4%; it is tiny
+            tensors[key] = tensor.to(torch.float32 if key.endswith(".dora_scale") else dtype).contiguous()
     return tensors
 
 
 def save_lora(path: Path, backbone: nn.Module, spec: LoraSpec, metadata: dict, dtype=torch.bfloat16) -> None:
-    """Write the LoRA atomically in the official format; `metadata` (JSON-able) goes into the file's header."""
+    """Write the adapter atomically in the official format; `metadata` (JSON-able) goes into the file's header."""
     header = {
         "format": "ltx2-tuner-lora-1",
+        ALGO_METADATA_KEY: spec.algo,
         "lora_rank": str(spec.rank),
         "lora_alpha": str(spec.alpha),
-        "lora_scale_folded_into_B": "true",
+        "lora_scale_folded_into_B": "true",  # LoKr: into lokr_w1 (or _a), LoHa: into hada_w1_a
         "lora_targets": json.dumps(spec.targets),
+        **({"lokr_factor": str(spec.factor), "lokr_decompose_both": str(spec.decompose_both).lower()}
+           if spec.algo == "lokr" else {}),
         **{key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()},
-    }
+    }  # fmt: skip
     save_atomically(lora_state_dict(backbone, dtype), path, header)
 
 
 def load_lora_weights(path: Path, backbone: nn.Module) -> int:
-    """Copy a LoRA file (official or musubi format) into the injected LoRA layers; return how many were loaded.
+    """Copy an adapter file (official or musubi format) into the injected adapter; return how many layers loaded.
 
-    All or nothing: a refused file (see `read_lora_file`), a layer whose features differ, a rank above the
-    network's, or a file of which no layer is targeted raises LoraFileError before anything is copied. A file that
-    covers only part of the targets, or has layers this run does not target, loads what matches and warns.
+    All or nothing: a refused file (see `read_lora_file`), a file of another algorithm than the network's, a layer
+    whose features or factor shapes differ, a LoRA/DoRA rank above the network's, or a file of which no layer is
+    targeted raises LoraFileError before anything is copied. A file that covers only part of the targets, or has
+    layers this run does not target, loads what matches and warns.
     """
     lora_file = read_lora_file(path)
     modules = {
-        TRANSFORMER_KEYS.to_official(name, prefix=OFFICIAL_PREFIX): module for name, module in _lora_layers(backbone)
+        TRANSFORMER_KEYS.to_official(name, prefix=OFFICIAL_PREFIX): module
+        for name, module, _ in adapted_layers(backbone)
     }
+    algo = network_algo(backbone)
+    if len(lora_file.algos) > 1:
+        raise LoraFileError(
+            f"{path}: mixes {' and '.join(sorted(lora_file.algos))} layers; a network trains one algorithm, so "
+            "--network_weights cannot continue it (generation merges it fine)"
+        )
+    if lora_file.algos != {algo}:
+        (found,) = lora_file.algos
+        raise LoraFileError(
+            f"{path}: is a {found} file but this run trains algo={algo}; pass --network_args algo={found} (and the "
+            "options it was trained with) to continue it"
+        )
     matched = sorted(set(lora_file.layers) & set(modules))
     if not matched:
         raise LoraFileError(
@@ -176,10 +288,17 @@ def load_lora_weights(path: Path, backbone: nn.Module) -> int:
             f"{_examples(lora_file.layers)}; run: {_examples(modules)}); use the --ltx_mode and --network_args the "
             "file was trained with"
         )
-    _check_fits(path, {name: (lora_file.layers[name], modules[name]) for name in matched})
+    pairs = {name: (lora_file.layers[name], modules[name]) for name in matched}
+    if algo in ("lora", "dora"):
+        _check_fits(path, pairs)
+    else:
+        _check_structure(path, pairs)
     with torch.no_grad():
-        for name in matched:
-            _copy_layer(lora_file.layers[name], modules[name])
+        for layer, module in pairs.values():
+            if algo in ("lora", "dora"):
+                _copy_layer(layer, module)
+            else:
+                peft_adapters.import_layer(layer, module)
     _warn_partial_coverage(path, set(lora_file.layers), set(modules), matched)
     return len(matched)
 
@@ -225,6 +344,19 @@ def _copy_layer(layer: LoraLayer, module: nn.Module) -> None:
     # Extra ranks (a file of lower rank) keep A's fresh init and B = 0: the output is the file's, and they can learn.
     b.zero_()
     b[:, :rank].copy_(layer.folded_up() / module.scaling[ADAPTER])  # the file's B carries the scale; PEFT adds it
+    if isinstance(layer, DoraLayer):  # after A and B: ComfyUI's dora_scale converts with the adapted weight's norm
+        magnitude = module.lora_magnitude_vector[ADAPTER].weight
+        magnitude.copy_(layer.peft_magnitude(peft_adapters.base_weight(module).to(magnitude.device)))
+
+
+def _check_structure(path: Path, pairs: dict) -> None:
+    for name, (layer, module) in pairs.items():
+        problem = peft_adapters.structure_problem(layer, module)
+        if problem is not None:
+            raise LoraFileError(
+                f"{path}: layer {name.removeprefix(OFFICIAL_PREFIX)} has {problem}; pass the --network_dim and "
+                "--network_args (factor=, decompose_both=) the file was trained with"
+            )
 
 
 def _warn_partial_coverage(path: Path, in_file: set[str], targeted: set[str], matched: list[str]) -> None:

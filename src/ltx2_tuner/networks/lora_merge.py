@@ -1,4 +1,6 @@
-"""Merging a LoRA file into the transformer's base weights, for generation: `W += strength * scale * B @ A`.
+"""Merging an adapter file into the transformer's base weights, for generation: `W += strength * scale * B @ A`
+for LoRA, and ComfyUI's formulas for DoRA, LoKr and LoHa (`adapter_layers.py`; strength s on DoRA is
+`W + s * (W_dora - W)`, as ComfyUI does).
 
 Merged weights cost nothing per step (no adapter layers run), and several LoRAs merge one after another. Files in
 the official/ComfyUI and musubi formats are read by `lora_files.read_lora_file`; module names map to the diffusers
@@ -15,7 +17,8 @@ import torch
 from torch import nn
 
 from ltx2_tuner.models.key_maps import TRANSFORMER_KEYS
-from ltx2_tuner.networks.lora_files import OFFICIAL_PREFIX, LoraFileError, LoraLayer, read_lora_file
+from ltx2_tuner.networks.adapter_layers import AdapterLayer
+from ltx2_tuner.networks.lora_files import OFFICIAL_PREFIX, LoraFileError, read_lora_file
 from ltx2_tuner.networks.lora_ltx2 import LoraLoadWarning
 
 
@@ -66,8 +69,8 @@ def merge_lora(backbone: nn.Module, path: Path, strength: float) -> int:
     return len(matched)
 
 
-def _check_shape(path: Path, name: str, layer: LoraLayer, module: nn.Linear) -> None:
-    in_file = (layer.up.shape[0], layer.down.shape[1])
+def _check_shape(path: Path, name: str, layer: AdapterLayer, module: nn.Linear) -> None:
+    in_file = layer.features
     if in_file != tuple(module.weight.shape):
         raise LoraFileError(
             f"{path}: layer {name.removeprefix(OFFICIAL_PREFIX)} maps {in_file[1]} -> {in_file[0]} features in the "
@@ -76,11 +79,9 @@ def _check_shape(path: Path, name: str, layer: LoraLayer, module: nn.Linear) -> 
         )
 
 
-def _merge_layer(layer: LoraLayer, weight: torch.Tensor, strength: float) -> None:
-    device = weight.device
-    # float32 product: a bf16 B @ A loses the small LoRA delta's low bits before it meets the weight.
-    delta = layer.folded_up().to(device) @ layer.down.to(device, torch.float32)
-    weight.copy_((weight.float() + strength * delta).to(weight.dtype))
+def _merge_layer(layer: AdapterLayer, weight: torch.Tensor, strength: float) -> None:
+    # float32 sum: a bf16 delta loses the small adapter change's low bits before it meets the weight.
+    weight.copy_(layer.merged(weight, strength).to(weight.dtype))
 
 
 def _examples(names, count: int = 3) -> str:

@@ -15,7 +15,7 @@ import torch
 from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.cache.store import source_stamp, write_cache
-from ltx2_tuner.data.config import load_dataset_config
+from ltx2_tuner.data.config import load_all_datasets, load_dataset_config
 from ltx2_tuner.models.model_files import latent_space
 
 
@@ -87,6 +87,8 @@ def write_synthetic_dataset(
             "connectors": {"version": version},
         }
         write_cache(naming.text_cache_path(dataset.cache_directory, stem), text, text_fingerprint)
+    mode = "av" if with_audio else "video"
+    _write_empty_prompt(dataset.cache_directory, mode, context_dims, text_tokens, version, seed)
     return config
 
 
@@ -98,21 +100,39 @@ def write_synthetic_text_caches(
     version: str = "2.3",
     seed: int = 0,
 ) -> None:
-    """Text caches for every media item of the datasets in `config`, as the text cacher writes them in `mode` (video,
-    av or audio: which embeddings), from each item's real caption, with seeded random embeddings per caption."""
+    """Text caches for every media item of the datasets in `config` (validation datasets too), as the text cacher
+    writes them in `mode` (video, av or audio: which embeddings), from each item's real caption, with seeded random
+    embeddings per caption; and the empty prompt's cache of each training dataset (caption dropout)."""
     from ltx2_tuner.data.items import list_media, read_caption
 
-    for dataset in load_dataset_config(config):
+    for dataset in load_all_datasets(config):
         for media in list_media(dataset):
-            caption = read_caption(media)
-            generator = torch.Generator().manual_seed(seed + int(hashlib.sha256(caption.encode()).hexdigest()[:8], 16))
-            text = {"prompt_attention_mask": torch.ones(text_tokens, dtype=torch.int64)}
-            for modality, width in zip(("video", "audio"), context_dims, strict=True):
-                if mode in (modality, "av"):
-                    text[f"{modality}_prompt_embeds_float32"] = torch.randn(text_tokens, width, generator=generator)
-            fingerprint = {
-                "caption_sha256": hashlib.sha256(caption.encode("utf-8")).hexdigest(),
-                "mode": mode,
-                "connectors": {"version": version},
-            }
+            text, fingerprint = _text_cache(read_caption(media), mode, context_dims, text_tokens, version, seed)
             write_cache(naming.text_cache_path(dataset.cache_directory, media.stem), text, fingerprint)
+        if not dataset.is_validation:
+            _write_empty_prompt(dataset.cache_directory, mode, context_dims, text_tokens, version, seed)
+
+
+def _text_cache(
+    caption: str, mode: str, context_dims: tuple[int, int], text_tokens: int, version: str, seed: int
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, fingerprint) of a caption's text cache; the embeddings are seeded by `seed` and the caption."""
+    generator = torch.Generator().manual_seed(seed + int(hashlib.sha256(caption.encode()).hexdigest()[:8], 16))
+    text = {"prompt_attention_mask": torch.ones(text_tokens, dtype=torch.int64)}
+    for modality, width in zip(("video", "audio"), context_dims, strict=True):
+        if mode in (modality, "av"):
+            text[f"{modality}_prompt_embeds_float32"] = torch.randn(text_tokens, width, generator=generator)
+    fingerprint = {
+        "caption_sha256": hashlib.sha256(caption.encode("utf-8")).hexdigest(),
+        "mode": mode,
+        "connectors": {"version": version},
+    }
+    return text, fingerprint
+
+
+def _write_empty_prompt(
+    cache_directory: Path, mode: str, context_dims: tuple[int, int], text_tokens: int, version: str, seed: int
+) -> None:
+    """The empty prompt's cache (cache.empty_prompt), from its own generator: the others' values do not change."""
+    text, fingerprint = _text_cache("", mode, context_dims, text_tokens, version, seed)
+    write_cache(naming.empty_prompt_cache_path(cache_directory), text, fingerprint)

@@ -5,6 +5,7 @@ frozen base weight (tens of GB) next to the few MB of LoRA:
 
     state-step000100/
       trainable.pt         the trainable parameters as they are (exact, unlike the scale-folded LoRA file)
+      ema.pt               with --ema_decay: their moving average, by the same names
       optimizer.pt         optimizer state (identical on every rank under DDP, gathered under FSDP; rank 0 writes it)
       rng-rank{r}.pt       each rank's generator and global RNG states
       train_state.json     step, epoch, batches done in the epoch, and the run fingerprint checked on resume
@@ -31,6 +32,8 @@ from ltx2_tuner.errors import ConfigError
 STATE_FILE = "train_state.json"
 TRAINABLE_FILE = "trainable.pt"
 OPTIMIZER_FILE = "optimizer.pt"
+EMA_FILE = "ema.pt"
+RAW_SUFFIX = "-raw"  # with --ema_decay the LoRA files hold the EMA; NAME-raw files beside them the trained weights
 _PARTIAL_SUFFIX = ".partial"
 _REPLACED_SUFFIX = ".replaced"
 _EARLIER = "resume from an earlier state-step folder"
@@ -44,8 +47,10 @@ class TrainState:
     fingerprint: dict | None = None
 
 
-def lora_path(output_dir: Path, name: str, step: int | None = None) -> Path:
-    return output_dir / (f"{name}-step{step:06d}.safetensors" if step is not None else f"{name}.safetensors")
+def lora_path(output_dir: Path, name: str, step: int | None = None, raw: bool = False) -> Path:
+    """NAME[-stepNNNNNN][-raw].safetensors (raw: the trained weights beside an EMA file)."""
+    stem = f"{name}-step{step:06d}" if step is not None else name
+    return output_dir / f"{stem}{RAW_SUFFIX if raw else ''}.safetensors"
 
 
 def state_dir(output_dir: Path, step: int) -> Path:
@@ -57,10 +62,10 @@ def rng_file(rank: int) -> str:
 
 
 def keep_last(output_dir: Path, name: str, keep: int | None) -> None:
-    """Delete all but the newest `keep` intermediate LoRA files and state folders of this run."""
+    """Delete all but the newest `keep` intermediate LoRA files (EMA and raw) and state folders of this run."""
     if not keep:
         return
-    pattern = re.compile(rf"^(?:{re.escape(name)}-step|state-step)(\d{{6}})(?:\.safetensors)?$")
+    pattern = re.compile(rf"^(?:{re.escape(name)}-step|state-step)(\d{{6}})(?:(?:{RAW_SUFFIX})?\.safetensors)?$")
     entries = sorted((int(m[1]), p) for p in output_dir.iterdir() if (m := pattern.match(p.name)))
     steps = sorted({step for step, _ in entries}, reverse=True)[:keep]
     for step, path in entries:
@@ -108,9 +113,10 @@ def save_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
     torch.save(states, directory / rng_file(rank))
 
 
-def save_trainable(directory: Path, module: torch.nn.Module) -> None:
+def save_trainable(directory: Path, module: torch.nn.Module, file_name: str = TRAINABLE_FILE) -> None:
+    """The module's trainable parameters by name (EMA_FILE: called while the EMA is swapped in)."""
     params = {name: p.detach().cpu() for name, p in module.named_parameters() if p.requires_grad}
-    torch.save(params, directory / TRAINABLE_FILE)
+    torch.save(params, directory / file_name)
 
 
 def save_optimizer(directory: Path, state_dict: dict) -> None:
@@ -129,6 +135,7 @@ class SavedState:
     trainable: dict[str, torch.Tensor]
     optimizer: dict
     rng: dict  # this rank's
+    ema: dict[str, torch.Tensor] | None = None  # saved by a run with --ema_decay
 
 
 def read_saved_state(directory: Path, rank: int, processes: int) -> SavedState:
@@ -148,9 +155,8 @@ def read_saved_state(directory: Path, rank: int, processes: int) -> SavedState:
             f"{directory}: saved by {saved_processes} process(es), this run has {processes}; launch "
             f"{saved_processes} to resume it"
         )
-    trainable = _load(directory / TRAINABLE_FILE, weights_only=True)
-    if not isinstance(trainable, dict) or not all(isinstance(v, torch.Tensor) for v in trainable.values()):
-        raise ConfigError(f"{directory / TRAINABLE_FILE}: damaged (not a dict of tensors); {_EARLIER}")
+    trainable = _read_tensors(directory / TRAINABLE_FILE)
+    ema = _read_tensors(directory / EMA_FILE) if (directory / EMA_FILE).exists() else None
     optimizer = _load(directory / OPTIMIZER_FILE, weights_only=False)
     if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= optimizer.keys():
         raise ConfigError(f"{directory / OPTIMIZER_FILE}: damaged (not an optimizer state); {_EARLIER}")
@@ -158,7 +164,14 @@ def read_saved_state(directory: Path, rank: int, processes: int) -> SavedState:
     for r, rng in enumerate(rngs):
         if not isinstance(rng, dict) or not {"generator", "torch", "numpy", "python"} <= rng.keys():
             raise ConfigError(f"{directory / rng_file(r)}: damaged (not random states); {_EARLIER}")
-    return SavedState(state, trainable, optimizer, rngs[rank])
+    return SavedState(state, trainable, optimizer, rngs[rank], ema)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    tensors = _load(path, weights_only=True)
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise ConfigError(f"{path}: damaged (not a dict of tensors); {_EARLIER}")
+    return tensors
 
 
 def _read_train_state(path: Path) -> TrainState:

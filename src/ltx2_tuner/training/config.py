@@ -36,7 +36,7 @@ from ltx2_tuner.flags import (
 from ltx2_tuner.models.attention_backends import ATTENTION_BACKENDS, backend_problem
 from ltx2_tuner.roles import roles_for
 from ltx2_tuner.training.flow_matching import SIGMA_SAMPLERS
-from ltx2_tuner.training.optim import optimizer_class, parse_optimizer_args
+from ltx2_tuner.training.optim import is_schedule_free, optimizer_class, optimizer_problems
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,7 +45,7 @@ else:  # pragma: no cover - Python 3.10
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 # What the trainer calls on --network_module.
-NETWORK_MODULE_API = ("select_targets", "LoraSpec", "add_lora", "load_lora_weights", "save_lora")
+NETWORK_MODULE_API = ("select_targets", "spec_from_args", "add_lora", "load_lora_weights", "save_lora")
 POSITIVE, NON_NEGATIVE, AT_LEAST_ONE = above(0), at_least(0), at_least(1)
 
 
@@ -130,28 +130,42 @@ def _flags() -> dict[str, list[Flag]]:
         ],
         "network": [
             Flag("network_module", str, "ltx2_tuner.networks.lora_ltx2", "the network to train (an importable module)"),
-            Flag("network_dim", int, 32, "LoRA rank", bound=AT_LEAST_ONE),
+            Flag("network_dim", int, 32, "adapter rank (LoRA, DoRA, LoKr, LoHa)", bound=AT_LEAST_ONE),
             Flag(
                 "network_alpha",
                 float,
                 32.0,
-                "LoRA alpha (scale alpha/rank; folded into lora_B when saved)",
+                "adapter alpha (scale alpha/rank; folded into the saved file)",
                 bound=POSITIVE,
             ),
-            Flag("network_dropout", float, 0.0, "dropout on the LoRA input", bound=between(0, 1, include_high=False)),
+            Flag(
+                "network_dropout",
+                float,
+                0.0,
+                "dropout on the LoRA/DoRA input (LoKr/LoHa: --network_args rank_dropout=/module_dropout=)",
+                bound=between(0, 1, include_high=False),
+            ),
             Flag(
                 "network_args",
                 str,
                 None,
                 "preset=video_attn|av_attn|audio|audio_attn|a2v|v2a|full include=REGEX exclude=REGEX (default: the "
-                "mode's preset)",
+                "mode's preset); algo=lora|dora|lokr|loha (default lora) with LoKr factor=N decompose_both=true|false "
+                "and LoKr/LoHa rank_dropout=P module_dropout=P; see docs/adapters.md",
                 nargs="*",
             ),
-            Flag("network_weights", Path, None, "start from this LoRA file (official or musubi format)"),
+            Flag("network_weights", Path, None, "start from this adapter file (official or musubi format, same algo)"),
         ],
         "optimization": [
             Flag("learning_rate", float, 1e-4, "peak learning rate", bound=POSITIVE),
-            Flag("optimizer_type", str, "AdamW", "AdamW, AdamW8bit (bitsandbytes), or any module.Class path"),
+            Flag(
+                "optimizer_type",
+                str,
+                "AdamW",
+                "AdamW, AdamW8bit (bitsandbytes), Prodigy (prodigyopt; use --learning_rate 1), Adafactor "
+                "(transformers), AdamWScheduleFree or schedulefree (schedulefree; --lr_scheduler constant), or any "
+                "module.Class; see docs/optimizers.md",
+            ),
             Flag(
                 "optimizer_args",
                 str,
@@ -218,6 +232,33 @@ def _flags() -> dict[str, list[Flag]]:
             ),
             Flag("video_loss_weight", float, 1.0, "weight of the video loss", bound=NON_NEGATIVE),
             Flag("audio_loss_weight", float, 1.0, "weight of the audio loss (AV, T2A, V2A)", bound=NON_NEGATIVE),
+        ],
+        "caption dropout, validation and EMA": [
+            Flag(
+                "caption_dropout_rate",
+                float,
+                0.0,
+                "probability per sample of training on the empty prompt instead of its caption (the empty prompt's "
+                "embeddings are cached by the text-caching command); a dataset's caption_dropout_rate overrides it",
+                bound=between(0, 1),
+            ),
+            Flag(
+                "validate_every_n_steps",
+                int,
+                None,
+                "compute the validation loss on the dataset config's [[validation_datasets]] every N optimizer steps "
+                "and after the last (fixed noise and sigmas, so values compare across steps and runs)",
+                bound=AT_LEAST_ONE,
+            ),
+            Flag(
+                "ema_decay",
+                float,
+                None,
+                "keep an exponential moving average of the LoRA weights with this decay (e.g. 0.999), warmed up as "
+                "min(decay, (1 + step) / (10 + step)); the LoRA files hold the EMA, NAME-raw files beside them the "
+                "trained weights; previews and the validation loss use the EMA",
+                bound=between(0, 1, include_high=False),
+            ),
         ],
         "previews": [
             Flag(
@@ -351,6 +392,9 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     problems += [p for flag in FLAGS.values() if (p := flag.problem(getattr(args, flag.name))) is not None]
     if args.resume_extend and args.resume is None:
         problems.append("--resume_extend: only means something with --resume STATE_FOLDER; add it or drop the flag")
+    if args.fp8_base and "algo=dora" in (args.network_args or []):
+        problems.append("--network_args algo=dora: DoRA reads the base weights, which --fp8_base stores in float8; "
+                        "drop --fp8_base or use algo=lokr / loha / lora")  # fmt: skip
     if args.fp8_scaled and not args.fp8_base:
         problems.append("--fp8_scaled: only means something with --fp8_base; add --fp8_base or drop the flag")
     if (problem := _network_module_problem(args)) is not None:
@@ -403,10 +447,12 @@ def _preview_problems(args) -> list[str]:
 
 
 def _optimizer_problems(args) -> list[str]:
-    problems = []
-    for check, value in ((optimizer_class, args.optimizer_type), (parse_optimizer_args, args.optimizer_args)):
-        try:
-            check(value)
-        except ConfigError as error:
-            problems.append(str(error))
+    problems = optimizer_problems(
+        args.optimizer_type, args.learning_rate, args.lr_scheduler, args.lr_warmup_steps, args.optimizer_args
+    )
+    if args.ema_decay is not None and not problems and is_schedule_free(optimizer_class(args.optimizer_type)):
+        problems.append(
+            f"--ema_decay with --optimizer_type {args.optimizer_type}: a schedule-free optimizer averages the weights "
+            "itself (its averaged weights are what gets saved); drop --ema_decay"
+        )
     return problems

@@ -55,6 +55,11 @@ def fsdp_settings(args) -> FsdpSettings | None:
     if args.blocks_to_swap:
         raise ConfigError("--blocks_to_swap does not combine with FSDP (each process holds 1/N of every block "
                           "already); drop it, or use it with DDP (accelerate launch --multi_gpu)")  # fmt: skip
+    if "algo=dora" in (getattr(args, "network_args", None) or []):
+        raise ConfigError(
+            "--network_args algo=dora does not combine with FSDP (a DoRA file is written from the full "
+            "base weights, which FSDP shards); use DDP (accelerate launch --multi_gpu) or another algo"
+        )
     if args.sample_prompts:
         raise ConfigError("--sample_prompts does not combine with FSDP yet (previews run on rank 0 alone, and every "
                           "process must take part in a sharded forward); sample the saved LoRA with "
@@ -199,4 +204,5 @@ def shard_saved_state(saved: SavedState, module: nn.Module, optimizer) -> SavedS
         index: {key: like(value, params[index] if index < len(params) else None) for key, value in state.items()}
         for index, state in saved.optimizer["state"].items()
     }
-    return replace(saved, trainable=trainable, optimizer={**saved.optimizer, "state": states})
+    ema = None if saved.ema is None else {name: like(tensor, current.get(name)) for name, tensor in saved.ema.items()}
+    return replace(saved, trainable=trainable, optimizer={**saved.optimizer, "state": states}, ema=ema)

@@ -67,9 +67,9 @@ class MetricLogger:
         self._jsonl.flush()
         if self._tensorboard is not None:
             for key, value in metrics.items():
-                self._tensorboard.add_scalar(f"train/{key}", value, step)
+                self._tensorboard.add_scalar(_tag(key), value, step)
         if self._wandb is not None:
-            self._wandb.log({f"train/{key}": value for key, value in metrics.items()}, step=step)
+            self._wandb.log({_tag(key): value for key, value in metrics.items()}, step=step)
 
     def log_media(
         self,
@@ -111,3 +111,8 @@ class MetricLogger:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _tag(key: str) -> str:
+    """train/loss, train/lr, ...; the validation loss under val/ (val_loss_video -> val/loss_video)."""
+    return f"val/{key.removeprefix('val_')}" if key.startswith("val_") else f"train/{key}"

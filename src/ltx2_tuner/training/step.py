@@ -39,6 +39,7 @@ class FlowSettings:
     audio_loss_weight: float = 1.0
     first_frame_keyframe: bool = True  # mark the first latent frame for LTX 2.5's keyframe embedding
     conditions: tuple[Condition, ...] = ()  # the dataset config's [[conditions]] (first_frame: first_frame_p instead)
+    fixed_sigma: float | None = None  # every sample at this sigma instead of a draw (the validation loss)
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def _video_input(batch: dict, generated: bool, context, mask, flow: FlowSettings
     if not generated:
         sigma, timesteps = _frozen(x0, device)
         return ModalityInput(x0, sigma, timesteps, positions, context, mask, keyframes), _Part()
-    sigma = fm.sample_sigmas(flow.sampler, batch_size, num_tokens, generator, flow.shift, flow.sigmoid_scale)
+    sigma = _sigmas(flow, batch_size, num_tokens, generator)
     conditioning = None
     if frames > 1 and flow.first_frame_p > 0:
         conditioning = fm.first_frame_conditioning(
@@ -138,6 +139,12 @@ def _video_input(batch: dict, generated: bool, context, mask, flow: FlowSettings
     video = with_reference(flow.conditions, "video", video, grid, batch, generator)
     loss_mask = None if conditioning is None else ~conditioning.to(device)
     return video, _Part(fm.velocity_target(x0, noise), loss_mask, sigma)
+
+
+def _sigmas(flow: FlowSettings, batch_size: int, num_tokens: int, generator) -> torch.Tensor:
+    if flow.fixed_sigma is not None:
+        return torch.full((batch_size,), flow.fixed_sigma)
+    return fm.sample_sigmas(flow.sampler, batch_size, num_tokens, generator, flow.shift, flow.sigmoid_scale)
 
 
 def _union(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
@@ -157,7 +164,7 @@ def _audio_input(batch: dict, generated: bool, context, mask, flow: FlowSettings
         return ModalityInput(a0, sigma, timesteps, positions, context, mask), _Part()
     sigma = shared_sigma
     if sigma is None:  # its own sigma, from its own token count (official)
-        sigma = fm.sample_sigmas(flow.sampler, batch_size, num_tokens, generator, flow.shift, flow.sigmoid_scale)
+        sigma = _sigmas(flow, batch_size, num_tokens, generator)
     grid = TokenGrid(num_tokens)
     conditioning = intrinsic_clean_mask(flow.conditions, "audio", grid, batch, batch_size, generator)
     timesteps = fm.per_token_timesteps(sigma, conditioning, num_tokens).to(device)

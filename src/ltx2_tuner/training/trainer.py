@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from tqdm import tqdm
 from ltx2_tuner.cache.cached_dataset import CachedBatches
 from ltx2_tuner.cache.latent_plan import dataset_digest
 from ltx2_tuner.conditioning.spec import check_conditions, load_conditions
-from ltx2_tuner.data.config import load_dataset_config
-from ltx2_tuner.dtypes import COMPUTE_DTYPES, STORAGE_DTYPES
+from ltx2_tuner.data.config import load_dataset_config, load_validation_datasets
+from ltx2_tuner.dtypes import COMPUTE_DTYPES
 from ltx2_tuner.errors import ConfigError, Ltx2TunerError
 from ltx2_tuner.models import context_dims, load_transformer
 from ltx2_tuner.models.block_swap import check_swap_count
@@ -35,15 +34,24 @@ from ltx2_tuner.models.checkpoint import CONFIG_SECTION
 from ltx2_tuner.models.configs import transformer_config
 from ltx2_tuner.models.fp8 import fp8_storage
 from ltx2_tuner.models.model_files import model_files
-from ltx2_tuner.networks.lora_files import VERSION_KEY, lora_version_warning
+from ltx2_tuner.networks.lora_files import lora_version_warning
 from ltx2_tuner.roles import ModalityRoles, roles_for
 from ltx2_tuner.training import accumulation as acc
 from ltx2_tuner.training import checkpoints as ckpt
 from ltx2_tuner.training import distributed
 from ltx2_tuner.training.conditioned import condition_partner_problems, reference_metadata
+from ltx2_tuner.training.ema import WeightEma
 from ltx2_tuner.training.metrics import MetricLogger, sigma_bucket
-from ltx2_tuner.training.optim import lr_factor, make_optimizer, set_learning_rate
+from ltx2_tuner.training.optim import (
+    known_optimizer,
+    lr_factor,
+    make_optimizer,
+    optimizer_train_mode,
+    set_learning_rate,
+)
+from ltx2_tuner.training.saving import save_checkpoint, weights_users_get
 from ltx2_tuner.training.step import FlowSettings, compute_loss, prepare_inputs
+from ltx2_tuner.training.validation import ValidationLoss
 
 if TYPE_CHECKING:
     from ltx2_tuner.training.previews import PreviewRunner
@@ -91,6 +99,9 @@ class Run:
     roles: ModalityRoles
     condition_metadata: dict  # trained conditions and reference scale factors, for the LoRA file
     model_version: str = ""  # "2.0", "2.3" or "2.5": recorded in the LoRA files
+    ema: WeightEma | None = None  # with --ema_decay
+    validation: ValidationLoss | None = None  # with --validate_every_n_steps
+    progress_fields: dict = dataclasses.field(default_factory=dict)  # the progress bar's loss, lr, val
 
 
 def check_precision(info, mixed_precision: str) -> None:
@@ -114,6 +125,12 @@ def setup(args) -> Run:
         num_blocks = transformer_config(info.configs[CONFIG_SECTION["transformer"]])["num_layers"]
         check_swap_count(num_blocks, args.blocks_to_swap)
     datasets = load_dataset_config(args.dataset_config)
+    validation_datasets = load_validation_datasets(args.dataset_config)
+    if args.validate_every_n_steps and not validation_datasets:
+        raise ConfigError(
+            f"--validate_every_n_steps: {args.dataset_config} has no [[validation_datasets]]; add one (cached like "
+            "the training datasets) or drop the flag"
+        )
     conditions = load_conditions(args.dataset_config)  # one line per mistake, before anything loads
     problems = check_conditions(conditions, roles)
     if problems:
@@ -151,8 +168,18 @@ def setup(args) -> Run:
         fp8=fp8_storage(args.fp8_base, args.fp8_scaled),
     )  # fmt: skip
     context_dim = context_dims(model.config)[0]
-    batches = CachedBatches(datasets, roles, args.seed, args.dataset_config, info.version, context_dim)
+    batches = CachedBatches(datasets, roles, args.seed, args.dataset_config, info.version, context_dim,
+                            caption_dropout_rate=args.caption_dropout_rate)  # fmt: skip
+    validation_batches = None
+    if args.validate_every_n_steps:  # seed 0: the same batches in the same order whatever --seed
+        validation_batches = CachedBatches(
+            validation_datasets, roles, 0, args.dataset_config, info.version, context_dim
+        )
+    elif validation_datasets and accelerator.is_main_process:
+        print("note: the [[validation_datasets]] are evaluated only with --validate_every_n_steps N")
     problems = condition_partner_problems(batches.items, conditions)  # e.g. a mask condition on a dataset without masks
+    if validation_batches is not None:
+        problems += condition_partner_problems(validation_batches.items, conditions)
     if problems:
         raise ConfigError(f"{args.dataset_config}: " + "; ".join(problems))
     condition_metadata = reference_metadata(batches, conditions)
@@ -161,7 +188,9 @@ def setup(args) -> Run:
 
     network_module = importlib.import_module(args.network_module)
     targets = network_module.select_targets(model.backbone, roles, args.network_args)
-    spec = network_module.LoraSpec(args.network_dim, args.network_alpha, args.network_dropout, targets)
+    spec = network_module.spec_from_args(
+        args.network_dim, args.network_alpha, args.network_dropout, targets, args.network_args
+    )
     params = network_module.add_lora(model.backbone, spec)
     if args.network_weights:
         mismatch = lora_version_warning(args.network_weights, info.version)
@@ -185,7 +214,7 @@ def setup(args) -> Run:
     fingerprint = {
         "checkpoint": info.fingerprint, "mode": args.ltx_mode, "network_module": args.network_module,
         "rank": args.network_dim, "alpha": args.network_alpha, "targets": list(targets),
-        "datasets": [dataset_digest(d) for d in datasets], "optimizer": args.optimizer_type,
+        "datasets": [dataset_digest(d) for d in datasets], "optimizer": _optimizer_name(args.optimizer_type),
         "lr_scheduler": args.lr_scheduler, "total_steps": total_steps, "processes": world,
         "batches_per_epoch": len(batches), "gradient_accumulation_steps": args.gradient_accumulation_steps,
     }  # fmt: skip
@@ -193,10 +222,22 @@ def setup(args) -> Run:
         fingerprint["frozen_modality"] = args.frozen_modality
     if conditions:
         fingerprint["conditions"] = [dataclasses.asdict(c) for c in conditions]
+    # Only when used, so that states saved before these settings existed still resume.
+    rates = [batches.dropout_rate(d) for d in datasets]  # the flag, or the dataset's own caption_dropout_rate
+    if any(rates):
+        fingerprint["caption_dropout_rates"] = rates
+    if args.ema_decay is not None:
+        fingerprint["ema_decay"] = args.ema_decay
+    if getattr(spec, "algo", "lora") != "lora":  # DoRA, LoKr, LoHa (networks/lora_ltx2.py)
+        fingerprint["adapter"] = {key: getattr(spec, key) for key in ("algo", "factor", "decompose_both")}
     model, optimizer = distributed.prepare(accelerator, model, optimizer, args.blocks_to_swap)
+    backbone = accelerator.unwrap_model(model).backbone
+    ema = None
+    if args.ema_decay is not None:
+        ema = WeightEma({name: p for name, p in backbone.named_parameters() if p.requires_grad}, args.ema_decay)
     state = ckpt.TrainState(fingerprint=fingerprint)
     if saved is not None:
-        state = _resume(args, saved, accelerator.unwrap_model(model).backbone, optimizer, generator, fingerprint)
+        state = _resume(args, saved, backbone, optimizer, generator, fingerprint, ema)
     logger = None
     if accelerator.is_main_process:
         logger = MetricLogger(args.logging_dir or args.output_dir / "logs", args.log_with, vars(args), state.step)
@@ -208,12 +249,21 @@ def setup(args) -> Run:
         args.independent_audio_timestep, args.video_loss_weight, args.audio_loss_weight, args.first_frame_keyframe,
         tuple(c for c in conditions if c.type != "first_frame"),
     )  # fmt: skip
+    validation = None if validation_batches is None else ValidationLoss(validation_batches, roles, flow)
     return Run(args, accelerator, model, network_module, spec, optimizer, params, batches, flow, generator, state,
                total_steps, batches_per_rank, steps_per_epoch, logger, fingerprint, weight_dtype, previews, roles,
-               condition_metadata, info.version)  # fmt: skip
+               condition_metadata, info.version, ema, validation)  # fmt: skip
 
 
-def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict) -> ckpt.TrainState:
+def _optimizer_name(optimizer_type: str) -> str:
+    """One spelling per optimizer in the resume fingerprint (prodigy and Prodigy, schedulefree and
+    AdamWScheduleFree are the same run)."""
+    known = known_optimizer(optimizer_type)
+    return known.name if known else optimizer_type
+
+
+def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, fingerprint: dict,
+            ema: WeightEma | None) -> ckpt.TrainState:  # fmt: skip
     """Check that the saved run is this one (its length aside with --resume_extend), then restore it."""
     state = saved.state
     ckpt.check_fingerprint(args.resume, state.fingerprint, fingerprint, ("total_steps",) if args.resume_extend else ())
@@ -222,8 +272,16 @@ def _resume(args, saved: ckpt.SavedState, backbone, optimizer, generator, finger
             f"--resume_extend: {args.resume} is at step {state.step} already and this run ends at step "
             f"{fingerprint['total_steps']}; pass a longer --max_train_steps or --max_train_epochs"
         )
+    if ema is not None and (saved.ema is None or saved.ema.keys() != ema.average.keys()):
+        raise ConfigError(
+            f"{args.resume}: holds no EMA ({ckpt.EMA_FILE}) of this network's weights; resume a state saved by a run "
+            "with the same --ema_decay"
+        )
     # The files hold full tensors; under FSDP each process keeps its shard of them.
-    ckpt.restore(distributed.shard_saved_state(saved, backbone, optimizer), backbone, optimizer, generator)
+    saved = distributed.shard_saved_state(saved, backbone, optimizer)
+    ckpt.restore(saved, backbone, optimizer, generator)
+    if ema is not None:
+        ema.load_state_dict(saved.ema)
     state.fingerprint = fingerprint  # later states carry the new length
     return state
 
@@ -235,9 +293,12 @@ def train(args) -> Path:
     last_saved: Path | None = None
     progress = tqdm(total=run.total_steps, initial=state.step, unit="step", desc="training",
                     disable=not accelerator.is_main_process, dynamic_ncols=True)  # fmt: skip
+    optimizer_train_mode(run.optimizer)  # schedule-free optimizers: the training weights
     try:
         if args.sample_at_first:
-            run.previews.run(run.model, state.step, run.logger)
+            _previews(run)
+        if run.validation is not None and state.step == 0:  # the base model's value, to compare against
+            _validate(run, progress)
         while state.step < run.total_steps:
             run.batches.set_epoch(state.epoch)
             share = _RankShare(run.batches, accelerator.process_index, accelerator.num_processes, state.batches_done)
@@ -257,11 +318,16 @@ def train(args) -> Path:
                 if steps:
                     learning_rate = _optimizer_step(run)
                     state.step += 1
+                    if run.ema is not None:
+                        run.ema.update(state.step)
                     _log(run, window, learning_rate, progress)
+                    every = args.validate_every_n_steps
+                    if every and (state.step % every == 0 or state.step == run.total_steps):
+                        _validate(run, progress)
                     if args.save_every_n_steps and state.step % args.save_every_n_steps == 0:
                         last_saved = save_checkpoint(run, step=state.step)
                     if args.sample_every_n_steps and state.step % args.sample_every_n_steps == 0:
-                        run.previews.run(run.model, state.step, run.logger)
+                        _previews(run)
                     window = _new_window()  # after saving and previews: the next step's time excludes them
                     if state.step >= run.total_steps:
                         break
@@ -272,7 +338,7 @@ def train(args) -> Path:
                 if args.save_every_n_epochs and state.epoch % args.save_every_n_epochs == 0:
                     last_saved = save_checkpoint(run, step=state.step)
                 if args.sample_every_n_epochs and state.epoch % args.sample_every_n_epochs == 0:
-                    run.previews.run(run.model, state.step, run.logger)
+                    _previews(run)
     except KeyboardInterrupt:
         path = save_checkpoint(run, step=state.step, name_suffix="-interrupted")
         accelerator.print(f"\ninterrupted at step {state.step}; saved {path}")
@@ -284,6 +350,21 @@ def train(args) -> Path:
     final = save_checkpoint(run, step=None)
     accelerator.print(f"saved {final}")
     return final
+
+
+def _previews(run: Run) -> None:
+    with weights_users_get(run):  # the weights the saved LoRA holds (EMA, schedule-free's eval weights)
+        run.previews.run(run.model, run.state.step, run.logger)
+
+
+def _validate(run: Run, progress) -> None:
+    """The validation loss of the weights users get, logged at the current step and shown in the progress bar."""
+    with weights_users_get(run):
+        metrics = run.validation.evaluate(run.model, run.accelerator, run.weight_dtype)
+    if run.logger is not None:
+        run.logger.log(metrics, run.state.step)
+    run.progress_fields["val"] = f"{metrics['val_loss']:.4f}"
+    progress.set_postfix(run.progress_fields)
 
 
 def _forward_backward(run: Run, batch: dict, group_size: int):
@@ -351,61 +432,10 @@ def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
     metrics.update({key: sum(values) / len(values) for key, values in by_bucket.items()})
     if run.logger is not None:
         run.logger.log(metrics, run.state.step)
-    postfix = {"loss": f"{metrics['loss']:.4f}", "lr": f"{learning_rate:.2e}"}
+    postfix = run.progress_fields  # keeps the last validation loss
+    postfix |= {"loss": f"{metrics['loss']:.4f}", "lr": f"{learning_rate:.2e}"}
     for modality in ("video", "audio"):
         if f"loss_{modality}" in metrics:
             postfix[modality] = f"{metrics[f'loss_{modality}']:.4f}"
     progress.set_postfix(postfix)
     progress.update(1)
-
-
-def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
-    """The LoRA (rank 0) and, with --save_state, the resumable state (not for the Ctrl-C save); keeps the last N."""
-    args, accelerator = run.args, run.accelerator
-    output_dir: Path = args.output_dir
-    name = args.output_name + name_suffix
-    path = ckpt.lora_path(output_dir, name, step)
-    backbone = accelerator.unwrap_model(run.model).backbone
-    accelerator.wait_for_everyone()
-    with distributed.full_trainable(backbone):  # FSDP: every rank gathers the full LoRA; rank 0 writes it
-        if accelerator.is_main_process:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            dtype = STORAGE_DTYPES[args.save_precision]
-            run.network_module.save_lora(path, backbone, run.spec, _lora_metadata(run), dtype)
-        if args.save_state and not name_suffix:
-            _save_state(run, backbone)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and step is not None and not name_suffix:
-        ckpt.keep_last(output_dir, args.output_name, args.save_last_n_checkpoints)
-    return path
-
-
-def _save_state(run: Run, backbone) -> None:
-    """state-stepNNNNNN/ of the current step: written under a temporary name, renamed once every rank's files are in."""
-    accelerator, output_dir, step = run.accelerator, run.args.output_dir, run.state.step
-    optimizer_state = distributed.full_optimizer_state(run.optimizer)  # every rank: FSDP gathers it
-    if accelerator.is_main_process:
-        partial = ckpt.start_state_folder(output_dir, step)
-        ckpt.save_trainable(partial, backbone)
-        ckpt.save_optimizer(partial, optimizer_state)
-        ckpt.write_state(partial, run.state)
-    accelerator.wait_for_everyone()
-    ckpt.save_rng(ckpt.partial_state_dir(output_dir, step), accelerator.process_index, run.generator)
-    accelerator.wait_for_everyone()  # every rank's random states are written
-    if accelerator.is_main_process:
-        ckpt.publish_state_folder(ckpt.partial_state_dir(output_dir, step), ckpt.state_dir(output_dir, step))
-
-
-def _lora_metadata(run: Run) -> dict:
-    args = run.args
-    return {
-        "base_model_fingerprint": run.fingerprint["checkpoint"],
-        VERSION_KEY: run.model_version,
-        "ltx_mode": args.ltx_mode,
-        "training_mode": run.roles.name,  # t2v, t2av, t2a, a2v or v2a
-        **run.condition_metadata,
-        "training_step": str(run.state.step),
-        "training_settings": json.dumps(
-            {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}, sort_keys=True
-        ),
-    }
