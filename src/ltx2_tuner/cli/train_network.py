@@ -13,9 +13,15 @@ from ltx2_tuner.training.config import build_parser, parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.debug_dataset:
+        from ltx2_tuner.training.debug_dataset import debug_dataset
+
+        debug_dataset(args)
+        return 0
     from ltx2_tuner.training.trainer import train
 
-    train(parse_args(argv))
+    train(args)
     return 0
 
 

@@ -79,6 +79,14 @@ def _flags() -> dict[str, list[Flag]]:
             ),
             Flag("seed", int, 42, "random seed; each process adds its rank"),
             Flag("max_data_loader_n_workers", int, 2, "DataLoader worker processes", bound=NON_NEGATIVE),
+            Flag(
+                "debug_dataset",
+                bool,
+                False,
+                "check the caches, print the bucket plan, batches per epoch and the first batch's shapes, then exit "
+                "without loading the model or training",
+                action="store_true",
+            ),
         ],
         "memory and speed": [
             Flag(
