@@ -13,6 +13,7 @@ from ltx2_tuner.cli import (
     convert_lora,
     demo,
     generate_video,
+    inspect_cache,
     inspect_checkpoint,
     train_network,
 )
@@ -58,6 +59,7 @@ def test_the_matcher_escapes_the_flag():
         convert_lora,
         demo,
         generate_video,
+        inspect_cache,
         inspect_checkpoint,
         make_tiny,
         train_network,
