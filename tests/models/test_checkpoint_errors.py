@@ -203,3 +203,21 @@ def test_cast_does_not_touch_integer_tensors(tiny):
 
     ((_, tensor),) = read_tensors(info.header, ["vae.per_channel_statistics.channel"], dtype=torch.bfloat16)
     assert tensor.dtype == torch.int64
+
+
+def test_inspect_checkpoint_names_the_role_of_every_file_of_a_split_pack(tmp_path, capsys):
+    from ltx2_tuner.cli import inspect_checkpoint
+    from ltx2_tuner.cli._common import run
+    from ltx2_tuner.testing.tiny_pack import write_tiny_pack
+
+    pack = write_tiny_pack(tmp_path / "pack").root
+    roles = {}
+    for path in sorted(pack.rglob("*.safetensors")):
+        assert run(inspect_checkpoint.main, [str(path)]) == 0
+        roles[path.relative_to(pack).parts[0] + "/" + path.name] = capsys.readouterr().out.splitlines()[0]
+    by_folder = {name.split("/")[0]: [line for key, line in roles.items() if key.startswith(name.split("/")[0])]
+                 for name in roles}  # fmt: skip
+    assert all("split pack: transformer" in line for line in by_folder["diffusion_models"])
+    assert all("split pack: text encoder, packed gemma4" in line for line in by_folder["text_encoders"])
+    vae = " ".join(by_folder["vae"])
+    assert "split pack: video VAE" in vae and "split pack: audio VAE + vocoder" in vae

@@ -1,6 +1,9 @@
 """Describe an official LTX-2 checkpoint and, optionally, load its components and run each once.
 
 python -m ltx2_tuner.cli.inspect_checkpoint ltx-2-19b-dev.safetensors [--check]
+
+Any file of an LTX 2.5 split pack is named by its role: the transformer (diffusion_models/), the video VAE and the
+audio VAE + vocoder (vae/), and the packed Gemma 4 text encoder with the LTX text projections (text_encoders/).
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from pathlib import Path
 import torch
 
 from ltx2_tuner.cli._common import run
+from ltx2_tuner.errors import CheckpointError
 from ltx2_tuner.models import COMPONENTS, CheckpointInfo, context_dims, load_component, read_checkpoint_info
+from ltx2_tuner.models.gemma_packed import ASSET_TENSOR_PREFIX, GEMMA_CONFIG_KEY, TOKENIZER_TENSOR, language_model_name
+from ltx2_tuner.models.safetensors_io import read_header
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,8 +111,50 @@ def _has_projections(info: CheckpointInfo) -> bool:
     return any(name.startswith("text_embedding_projection.") for name in info.tensor_names["text_connectors"])
 
 
+def describe_text_encoder(path: Path) -> str:
+    """A split pack's packed text encoder: its Gemma, its LTX text projections and its tokenizer, by tensor group."""
+    from ltx2_tuner.models.text_encoder import inspect_text_encoder
+
+    gemma = inspect_text_encoder(path)  # checks the file; one line naming the problem otherwise
+    header = read_header(path)
+    groups: dict[str, list[int]] = {}
+    for name, entry in header.tensors.items():
+        if name.startswith("text_embedding_projection."):
+            group = "text_projections"
+        elif name == TOKENIZER_TENSOR or name.startswith(ASSET_TENSOR_PREFIX):
+            group = "tokenizer_assets"
+        elif language_model_name(name) is not None:
+            group = "gemma_language"
+        else:
+            group = "vision_audio (unused)"  # Gemma 4's vision and audio towers: LTX reads text only
+        groups.setdefault(group, []).append(entry.nbytes)
+    lines = [
+        f"{path}: split pack: text encoder, packed {gemma.family} {gemma.gemma_version or ''!s} ({gemma.num_layers} "
+        f"layers, hidden size {gemma.hidden_size}) with the LTX text projections".replace("  ", " ")
+    ]
+    for group in ("gemma_language", "text_projections", "tokenizer_assets", "vision_audio (unused)"):
+        sizes = groups.get(group)
+        if sizes:
+            lines.append(f"  {group:<16} {len(sizes):>6} tensors {sum(sizes) / 2**20:>10.1f} MiB")
+        elif group != "vision_audio (unused)":
+            lines.append(f"  {group:<16} absent")
+    return "\n".join(lines)
+
+
+def _is_packed_text_encoder(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return GEMMA_CONFIG_KEY in read_header(path).metadata
+    except CheckpointError:  # read_checkpoint_info reports it, with the checkpoint's wording
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if _is_packed_text_encoder(args.checkpoint):  # a pack's text_encoders/ file
+        print(describe_text_encoder(args.checkpoint))
+        return 0
     info = read_checkpoint_info(args.checkpoint)
     print(describe(info))
     if args.check:
