@@ -51,9 +51,16 @@ _DROPOUT_STREAM = 0xD0C  # tells the dropout draw's seed apart from the shuffle'
 def _load(path: Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {plain_name(key): f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not iterable)
+            tensors = {plain_name(key): f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not iterable)
     except (OSError, SafetensorError) as error:  # changed on disk after the scan
         raise CacheError(f"{path}: cannot read this cache file any more ({error}); cache it again") from None
+    # Checked here, on tensors already in memory: at scan time it would mean reading every cache before step 1.
+    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors.values()):
+        raise CacheError(
+            f"{path}: holds NaN or Inf values (nothing was trained on it); delete it and cache it again "
+            "(ltx2_cache_latents.py / ltx2_cache_text_encoder_outputs.py --skip_existing)"
+        )
+    return tensors
 
 
 def _conditions(text: dict[str, torch.Tensor], roles: ModalityRoles, video_context_dim: int | None) -> dict:

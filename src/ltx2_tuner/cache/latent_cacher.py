@@ -258,15 +258,23 @@ def _write(
     decoded: _Decoded, latents: torch.Tensor | None, encoder: LatentEncoder, mode: str, summary: CacheSummary
 ) -> None:
     job = decoded.task.job
+    with_sound = decoded.task.audio and decoded.log_mel is not None
+    audio = encoder.encode_audio(decoded.log_mel).cpu() if with_sound else None
+    # A VAE that overflows (e.g. fp16) gives NaN latents; a cache holding them would only show up as a NaN loss.
+    fixes = {"video": "rerun with --vae_dtype fp32 (or bf16)", "audio": "check this file's audio for NaN samples"}
+    for name, tensor in (("video", latents), ("audio", audio)):
+        if tensor is not None and not torch.isfinite(tensor.float()).all():
+            problem = f"the {name} VAE gave NaN or Inf latents, nothing was written"
+            summary.failed.append(f"{job.item.path} ({job.key}): {problem}; {fixes[name]}")
+            return
     if decoded.task.video:
         write_cache(job.latent_path, {naming.latents_key(latents): latents}, job.fingerprint, mode=mode)
     if decoded.task.audio:
-        if decoded.log_mel is None:  # the source has no audio: the sidecar records it, so training can drop it
+        if audio is None:  # the source has no audio: the sidecar records it, so training can drop it
             audio = torch.zeros(8, 0, 16)
             length = 0
             summary.audio_absent += 1
         else:
-            audio = encoder.encode_audio(decoded.log_mel).cpu()
             length = min(audio.shape[1], valid_audio_latents(decoded.audio_valid_samples))
         tensors = {
             naming.audio_latents_key(audio): audio,

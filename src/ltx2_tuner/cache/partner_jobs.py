@@ -37,6 +37,8 @@ from ltx2_tuner.data.masks import AUDIO_MASK_RULES, VIDEO_MASK_RULES
 from ltx2_tuner.errors import CacheError, DatasetError, MediaError
 from ltx2_tuner.models.safetensors_io import read_header
 
+# A mask may differ from its target's aspect ratio by this share (odd sizes rounded to even by an encoder).
+_ASPECT_TOLERANCE = 0.02
 PICTURE_PARTNERS = ("reference", "mask")  # image and video datasets, video present
 AUDIO_PARTNERS = ("reference_audio", "audio_mask")  # audio and video datasets, audio present
 REFERENCE_FINGERPRINT_FIELDS = ("source", "checkpoint", "dataset", "target_bucket", "bucket", "window", "fps",
@@ -80,6 +82,12 @@ def reference_size(item: MediaItem, bucket: tuple[int, int], own_size: tuple[int
         return own_size[0] // BUCKET_STEP * BUCKET_STEP, own_size[1] // BUCKET_STEP * BUCKET_STEP
     factor = dataset.reference_downscale_factor
     return bucket[0] // factor, bucket[1] // factor
+
+
+def _same_shape(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether (width, height) `a` and `b` have one aspect ratio: both are scaled to cover the bucket and
+    centre-cropped, so only then does a mask cover the pixels of its target."""
+    return abs(a[0] * b[1] - a[1] * b[0]) <= _ASPECT_TOLERANCE * max(a[0] * b[1], a[1] * b[0])
 
 
 def spatial_factor(target: tuple[int, int], reference: tuple[int, int]) -> int | None:
@@ -189,7 +197,15 @@ class PartnerPlanner:
     def _mask(self, job, source: Path, digest: str) -> PartnerFile:
         window = job.window
         times = window.times_s()
-        self._covers(job, source, times[:1] if source.suffix.lower() in IMAGE_EXTENSIONS else times, "mask")
+        is_image = source.suffix.lower() in IMAGE_EXTENSIONS
+        mask_size = self._covers(job, source, times[:1] if is_image else times, "mask")
+        target_size, _ = self._probe(job.item.path)
+        if not _same_shape(mask_size, target_size):
+            raise DatasetError(
+                f"{source}: the mask is {mask_size[0]}x{mask_size[1]} but {job.item.path.name} is "
+                f"{target_size[0]}x{target_size[1]}, so it would mark other pixels than it shows; make the mask "
+                "the shape of its clip"
+            )
         fingerprint = {
             "source": source_stamp(source),
             "dataset": digest,

@@ -50,7 +50,9 @@ else:  # pragma: no cover - Python 3.10
 BUCKET_STEP = 32  # the video VAE's spatial factor
 FRAME_EXTRACTION_MODES = ("head", "chunk", "slide", "uniform", "full")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg")
+# .ts, .mts and .m2ts: MPEG transport streams, as broadcast recorders and AVCHD cameras write them.
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".flv", ".wmv", ".m4v", ".mpg", ".mpeg", ".ts", ".mts",
+                    ".m2ts")  # fmt: skip
 # Anything PyAV (FFmpeg) decodes; these are the suffixes an audio_directory is listed by.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff",
                     ".aifc", ".mka", ".ac3", ".caf")  # fmt: skip

@@ -93,6 +93,12 @@ def read_video_frames(path: str | Path, times_s: Sequence[float], size: tuple[in
                 out[slot] = pixels
         except av.FFmpegError as error:
             raise MediaError(f"{path}: cannot decode video ({error}); {_FIX_ENCODING}") from error
+        except _Truncated as cut:
+            decoded_s, header_s = (float((ticks - start) * stream.time_base) for ticks in cut.ends_ticks)
+            raise MediaError(
+                f"{path}: the frames stop at {decoded_s:.3f} s but the file says it lasts {header_s:.3f} s "
+                "(a truncated file, e.g. an unfinished copy); copy or download it again"
+            ) from None
         except _PastEnd as past:
             end_s = float((past.end_ticks - start) * stream.time_base)
             info = probe_video(path)
@@ -108,6 +114,11 @@ def read_video_frames(path: str | Path, times_s: Sequence[float], size: tuple[in
 class _PastEnd(Exception):
     def __init__(self, end_ticks: float):
         self.end_ticks = end_ticks
+
+
+class _Truncated(Exception):
+    def __init__(self, decoded_end_ticks: float, header_end_ticks: float):
+        self.ends_ticks = (decoded_end_ticks, header_end_ticks)
 
 
 def _pick_frames(
@@ -130,7 +141,12 @@ def _pick_frames(
         held = frame
     if held is None:
         return
-    end_ticks = max(held.pts + (held.duration or frame_ticks), stream_end_ticks)
+    decoded_end = held.pts + (held.duration or frame_ticks)
+    # Frames stop more than a frame before the end the header promises: the file was cut (a copy or download
+    # that did not finish), and holding the last frame would cache a frozen picture as the missing ones.
+    if limits[-1] >= decoded_end and stream_end_ticks - decoded_end > frame_ticks:
+        raise _Truncated(decoded_end, stream_end_ticks)
+    end_ticks = max(decoded_end, stream_end_ticks)
     if limits[-1] >= end_ticks:
         raise _PastEnd(end_ticks)
     for _ in range(index, len(limits)):
