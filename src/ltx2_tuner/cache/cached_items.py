@@ -152,7 +152,7 @@ def _latent_shape(header: SafetensorsHeader) -> tuple[tuple[int, ...] | None, st
     return dims, None
 
 
-def _audio_length(header: SafetensorsHeader) -> tuple[tuple[int, int] | None, str | None]:
+def audio_length(header: SafetensorsHeader) -> tuple[tuple[int, int] | None, str | None]:
     """((latent steps, valid steps), None) or (None, problem)."""
     found = _shaped(header, "audio_latents")
     if found is None:
@@ -227,7 +227,7 @@ def scan_cached_items(
             problems.lines.append(f"{dataset.source}: {dataset.name}: {problem}")
             continue
         by_stem = {media.stem: media for media in list_media(dataset)}
-        scan = _Scan(dataset, by_stem, roles, model_version, video_context_dim, problems)
+        scan = DatasetScan(dataset, by_stem, roles, model_version, video_context_dim, problems)
         # Items are found by their video latent files, or by their audio files when there is no video (T2A).
         suffix = naming.LATENT_SUFFIX if roles.present("video") else naming.AUDIO_SUFFIX
         for path in sorted(dataset.cache_directory.glob(f"*{suffix}")):
@@ -249,7 +249,7 @@ def scan_cached_items(
     return items
 
 
-class _Scan:
+class DatasetScan:
     """The cache files of one dataset, checked one by one against its media, the model and the roles."""
 
     def __init__(self, dataset, by_stem: dict, roles: ModalityRoles, model_version, video_context_dim, problems):
@@ -416,7 +416,7 @@ class _Scan:
             return problem or shape_problem, dims or ()
         if kind == "reference_audio":
             problem = _version_problem(fingerprint["audio_checkpoint"], self.model_version, "audio VAE")
-            lengths, shape_problem = _audio_length(header)
+            lengths, shape_problem = audio_length(header)
             return problem or shape_problem, (lengths[0],) if lengths else ()
         rules = VIDEO_MASK_RULES if kind == "mask" else AUDIO_MASK_RULES
         if fingerprint["rules"] != rules:
@@ -444,7 +444,7 @@ class _Scan:
         problem = _version_problem(fingerprint["audio_checkpoint"], self.model_version, "audio VAE")
         lengths = None
         if problem is None:
-            lengths, problem = _audio_length(header)
+            lengths, problem = audio_length(header)
         if problem is not None:
             self.problems.add(path, problem, self.problems.latents_fix)
             return None

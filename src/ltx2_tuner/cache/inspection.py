@@ -24,8 +24,8 @@ from ltx2_tuner.cache import naming
 from ltx2_tuner.cache.cached_items import (
     CachedItem,
     CacheProblems,
-    _audio_length,  # the scanner's reading of an audio cache's (latent steps, valid steps)
-    _Scan,  # the trainer's per-dataset scan, so that this report and training never disagree
+    DatasetScan,  # the trainer's per-dataset scan, so that this report and training never disagree
+    audio_length,  # the scanner's reading of an audio cache's (latent steps, valid steps)
 )
 from ltx2_tuner.cache.empty_prompt import check_empty_prompt_caches
 from ltx2_tuner.cache.store import read_fingerprint
@@ -95,7 +95,7 @@ def inspect_dataset(
         report.problems = [f"{dataset.source}: {unfit}"]
         return report
 
-    scan = _Scan(dataset, {m.stem: m for m in media}, roles, model_version, video_context_dim, problems)
+    scan = DatasetScan(dataset, {m.stem: m for m in media}, roles, model_version, video_context_dim, problems)
     suffix = naming.LATENT_SUFFIX if roles.present("video") else naming.AUDIO_SUFFIX
     keys = []  # of the windows cached for current media and settings
     for path in sorted(dataset.cache_directory.glob(f"*{suffix}")):
@@ -154,7 +154,7 @@ def _count_shapes(report: DatasetReport, roles: ModalityRoles) -> None:
             report.buckets[f"{width}x{height}x{frames}" if item.latent_path else f"audio of {frames} frames"] += 1
         if item.audio_path is not None:
             report.audio_windows += 1
-            lengths, _ = _audio_length(read_header(item.audio_path))
+            lengths, _ = audio_length(read_header(item.audio_path))
             report.audio_covering += lengths is not None and lengths[1] >= lengths[0]
 
 
