@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from ltx2_tuner.errors import CheckpointError
+from ltx2_tuner.errors import CacheError, CheckpointError
 from ltx2_tuner.models.safetensors_io import read_header, save_atomically
 
 CACHE_FORMAT = "ltx2-tuner-cache-1"
 _FORMAT_KEY, _FINGERPRINT_KEY = "format", "fingerprint"
+_DISK_FULL_FIX = "free space on that drive, then rerun with --skip_existing to cache only what is missing"
 
 
 def source_stamp(path: Path) -> dict:
@@ -26,9 +27,12 @@ def source_stamp(path: Path) -> dict:
 
 
 def write_cache(path: Path, tensors: Mapping[str, torch.Tensor], fingerprint: dict, **info: str) -> None:
-    """Write atomically; `info` adds informational metadata that is not compared (e.g. the caching mode)."""
+    """Write atomically; `info` adds informational metadata that is not compared (e.g. the caching mode).
+
+    A full disk raises CacheError (the caches written so far are complete and are reused with --skip_existing)."""
     metadata = {**info, _FORMAT_KEY: CACHE_FORMAT, _FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)}
-    save_atomically(tensors, path, metadata)
+    # The caching commands clear killed runs' temporaries once at the start (remove_interrupted_writes), not per file.
+    save_atomically(tensors, path, metadata, CacheError, _DISK_FULL_FIX, remove_abandoned=False)
 
 
 def read_fingerprint(path: Path) -> dict | None:

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import glob
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 
-from ltx2_tuner.errors import CheckpointError
+from ltx2_tuner.errors import CheckpointError, Ltx2TunerError
 
 _DTYPES = {
     "F64": torch.float64,
@@ -156,13 +159,76 @@ def rename_tensors(header: SafetensorsHeader, rename) -> SafetensorsHeader:
     return dataclasses.replace(header, tensors={rename(name): entry for name, entry in header.tensors.items()})
 
 
-def save_atomically(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """Write a safetensors file under a temporary name, then rename it, so no reader sees half a file."""
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_TEMP_INFIX = ".tmp"  # NAME's temporary file is .NAME.tmpPID (cache/store.py removes those of killed caching runs)
+_FIX = "free space on that drive and run again (the file that was there before is unchanged)"
+
+
+def save_atomically(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str],
+    error_class: type[Ltx2TunerError] = CheckpointError,
+    fix: str = _FIX,
+    remove_abandoned: bool = True,
+) -> None:
+    """Write a safetensors file through `write_atomically`: no reader ever sees half a file."""
+    data = serialize({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    write_atomically(path, lambda file: file.write(data), error_class, fix, remove_abandoned)
+
+
+def write_atomically(
+    path: str | os.PathLike,
+    write: Callable[[BinaryIO], object],
+    error_class: type[Ltx2TunerError] = CheckpointError,
+    fix: str = _FIX,
+    remove_abandoned: bool = True,
+) -> None:
+    """Call `write(file)` on a temporary file beside `path`, then rename it to `path`.
+
+    We write the bytes ourselves (safetensors' `save_file` writes its own randomly named temporary file, which a
+    killed run would leave behind where nothing removes it) so that a full disk surfaces as an OSError we can name:
+    it becomes `error_class` with one line (file, disk full, `fix`). The temporary file goes whatever happens; one
+    left by a killed process is removed by the next write of the same file (`remove_abandoned`; writers of many files
+    to one folder clear it once instead, as the caching commands do: this lists the folder).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if remove_abandoned:
+        _remove_abandoned_temporaries(path)
+    tmp = path.with_name(f".{path.name}{_TEMP_INFIX}{os.getpid()}")
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        with tmp.open("wb") as file:
+            write(file)
         os.replace(tmp, path)
+    except OSError as error:
+        if is_disk_full(error):
+            raise error_class(f"{path}: not written, the disk is full; {fix}") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def is_disk_full(error: OSError) -> bool:
+    """No space left, or the user's quota is used up."""
+    return error.errno in DISK_FULL_ERRNOS
+
+
+def process_is_gone(pid: int) -> bool:
+    """True when no process `pid` runs on this machine (so a temporary file named after it is abandoned)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        pass
+    return False
+
+
+def _remove_abandoned_temporaries(path: Path) -> None:
+    """Temporary files of `path` left by processes that were killed while writing it."""
+    prefix = f".{path.name}{_TEMP_INFIX}"
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = leftover.name.removeprefix(prefix)
+        if pid.isdigit() and int(pid) != os.getpid() and process_is_gone(int(pid)):
+            leftover.unlink(missing_ok=True)

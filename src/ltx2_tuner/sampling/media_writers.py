@@ -4,11 +4,13 @@
 Encoding follows ltx-trainer's `video_utils.save_video`: libx264, yuv420p, CRF 18, AAC stereo at the vocoder's
 rate. Unlike it, a fractional frame rate (23.976) is kept exactly rather than truncated to an integer, and the
 audio is interleaved with the video by time. Every file is written under a temporary name in the target folder
-and renamed when complete, so a reader never sees a partial file and a failure leaves nothing behind.
+and renamed when complete, so a reader never sees a partial file and a failure leaves nothing behind (what a killed
+process leaves is removed by the next write of the same file); a full disk is one MediaError line.
 """
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Callable
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from ltx2_tuner.errors import MediaError
+from ltx2_tuner.models.safetensors_io import is_disk_full, process_is_gone
 
 CRF = "18"  # ltx-trainer's validation videos
 
@@ -117,14 +120,30 @@ def _rate(fps: float) -> Fraction:
 
 # Writers ------------------------------------------------------------------------------------------------------------
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """PyAV and pillow write to a path, not a file object, hence this twin of `write_atomically` for media files."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_temporaries(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:  # PyAV's errors are OSErrors with the errno too
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(error):
+            raise MediaError(f"{path}: not written, the disk is full; free space on that drive and run again") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_abandoned_temporaries(path: Path) -> None:
+    """.STEM.PID.tmpSUFFIX files that a process killed while writing `path` left behind."""
+    prefix, suffix = f".{path.stem}.", f".tmp{path.suffix}"
+    for leftover in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = leftover.name.removeprefix(prefix).removesuffix(suffix)
+        if pid.isdigit() and int(pid) != os.getpid() and process_is_gone(int(pid)):
+            leftover.unlink(missing_ok=True)
 
 
 def _write_png(tmp: Path, frame: np.ndarray) -> None:

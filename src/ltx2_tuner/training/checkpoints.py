@@ -11,7 +11,9 @@ frozen base weight (tens of GB) next to the few MB of LoRA:
       train_state.json     step, epoch, batches done in the epoch, and the run fingerprint checked on resume
 
 A save writes the folder as `.state-step000100.partial` and renames it into place once every rank's files are in
-it, so a run killed while saving leaves no folder that looks like a state; the next save removes such leftovers.
+it, so a run killed while saving leaves no folder that looks like a state; the next save removes such leftovers. Each
+file is written through a temporary name too (models/safetensors_io.py `write_atomically`), so a full disk is one
+clear line rather than a torch zip-writer error.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltx2_tuner.errors import ConfigError
+from ltx2_tuner.errors import CheckpointError, ConfigError
+from ltx2_tuner.models.safetensors_io import write_atomically
 
 STATE_FILE = "train_state.json"
 TRAINABLE_FILE = "trainable.pt"
@@ -37,6 +40,7 @@ RAW_SUFFIX = "-raw"  # with --ema_decay the LoRA files hold the EMA; NAME-raw fi
 _PARTIAL_SUFFIX = ".partial"
 _REPLACED_SUFFIX = ".replaced"
 _EARLIER = "resume from an earlier state-step folder"
+_DISK_FULL_FIX = "free space on that drive, then --resume the newest state-step folder (earlier saves are intact)"
 
 
 @dataclass
@@ -78,7 +82,14 @@ def start_state_folder(output_dir: Path, step: int) -> Path:
     """Remove leftovers of saves that never finished; return the new, empty temporary folder of this save."""
     output_dir.mkdir(parents=True, exist_ok=True)
     for leftover in output_dir.glob(".state-step*"):
-        if leftover.name.endswith((_PARTIAL_SUFFIX, _REPLACED_SUFFIX)) and leftover.is_dir():
+        if not leftover.is_dir():
+            continue
+        if leftover.name.endswith(_REPLACED_SUFFIX):
+            final = output_dir / leftover.name.removeprefix(".").removesuffix(_REPLACED_SUFFIX)
+            if not final.exists():  # killed between publish_state_folder's renames: this complete state goes back
+                os.replace(leftover, final)
+                continue
+        if leftover.name.endswith((_PARTIAL_SUFFIX, _REPLACED_SUFFIX)):
             shutil.rmtree(leftover)
     partial = partial_state_dir(output_dir, step)
     partial.mkdir()
@@ -110,22 +121,29 @@ def save_rng(directory: Path, rank: int, generator: torch.Generator) -> None:
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(states, directory / rng_file(rank))
+    _write(directory / rng_file(rank), lambda file: torch.save(states, file))
 
 
 def save_trainable(directory: Path, module: torch.nn.Module, file_name: str = TRAINABLE_FILE) -> None:
     """The module's trainable parameters by name (EMA_FILE: called while the EMA is swapped in)."""
     params = {name: p.detach().cpu() for name, p in module.named_parameters() if p.requires_grad}
-    torch.save(params, directory / file_name)
+    _write(directory / file_name, lambda file: torch.save(params, file))
 
 
 def save_optimizer(directory: Path, state_dict: dict) -> None:
     """`state_dict`: the optimizer's, with full tensors (training/distributed.py `full_optimizer_state`)."""
-    torch.save(state_dict, directory / OPTIMIZER_FILE)
+    _write(directory / OPTIMIZER_FILE, lambda file: torch.save(state_dict, file))
 
 
 def write_state(directory: Path, state: TrainState) -> None:
-    (directory / STATE_FILE).write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
+    text = json.dumps(asdict(state), indent=1, sort_keys=True)
+    _write(directory / STATE_FILE, lambda file: file.write(text.encode("utf-8")))
+
+
+def _write(path: Path, write) -> None:
+    """One file of the temporary state folder; a full disk stops the run with one line (CheckpointError), leaving the
+    earlier state folders as they were and this one hidden (removed by the next save)."""
+    write_atomically(path, write, CheckpointError, _DISK_FULL_FIX, remove_abandoned=False)  # a new folder
 
 
 # Resuming: read and check every file first, then restore; a bad folder changes nothing.
