@@ -69,6 +69,7 @@ def test_a_cache_holding_nan_stops_training_naming_the_file(tmp_path, train, wor
     assert _saved_loras(tmp_path) == []  # nothing was saved from the poisoned step
 
 
+@pytest.mark.slow  # ~10 s: caches and trains twice
 def test_caches_of_another_model_version_are_listed_before_training(tmp_path, train):
     config = write_synthetic_dataset(tmp_path / "data", version="2.0")
     outcome = train(config, "--ltx_mode", "av")

@@ -80,6 +80,7 @@ def _assert_same_step(eager, compiled, video, audio, tolerance: float) -> None:
         torch.testing.assert_close(compiled_grads[name], grad, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.slow  # ~40 s of compiling on 2 CPU cores
 def test_compiled_blocks_match_eager_with_block_swap_and_checkpointing(tiny_checkpoints):
     torch._dynamo.reset()
     path = tiny_checkpoints["2.3"].path
@@ -97,6 +98,7 @@ def test_compiled_blocks_match_eager_with_block_swap_and_checkpointing(tiny_chec
     assert compile_counts()["_video_block"] == 1
 
 
+@pytest.mark.slow  # ~40 s of compiling on 2 CPU cores
 def test_three_bucket_shapes_compile_at_most_one_graph_per_timestep_layout(tiny_checkpoints):
     # Bound: one graph per timestep layout (shared [B, 1] or per token [B, N]) for a fixed batch size > 1, whatever
     # the token counts; a batch of 1 may add one more per layout (torch specialises sizes of 1).
