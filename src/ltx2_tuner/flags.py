@@ -86,7 +86,7 @@ def with_help(flag: Flag, suffix: str) -> Flag:
 
 
 # Flags that several commands share.
-DATASET_CONFIG = Flag("dataset_config", Path, None, "dataset TOML (see docs/dataset-config.md)")
+DATASET_CONFIG = Flag("dataset_config", Path, None, "dataset TOML (every key: docs/dataset_config.md)")
 LTX2_CHECKPOINT = Flag(
     "ltx2_checkpoint",
     Path,
