@@ -46,6 +46,10 @@ def test_each_optimizer_trains_five_steps(tiny_run, tmp_path, name):
     records = [json.loads(line) for line in (tmp_path / "out" / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert all(math.isfinite(r["loss"]) for r in records)
+    # Prodigy logs its effective learning rate (d x lr): it grows from d0 as Prodigy estimates the step size.
+    assert (name == "Prodigy") == all("lr_effective" in r for r in records)
+    if name == "Prodigy":
+        assert 0 < records[0]["lr_effective"] <= records[-1]["lr_effective"]
     lora = load_file(tmp_path / "out" / "ltx2_lora.safetensors")
     assert any(lora[key].abs().sum() > 0 for key in lora if "lora_B" in key)  # B starts at zero: it trained
 

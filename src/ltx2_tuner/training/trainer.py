@@ -441,6 +441,9 @@ def _log(run: Run, window: dict, learning_rate: float, progress) -> None:
         "step_time_s": time.perf_counter() - window["start"],
         "data_wait_s": window["wait"],
     }
+    group = run.optimizer.param_groups[0]
+    if "d" in group:  # Prodigy's own step-size estimate: the step it takes is d x lr
+        metrics["lr_effective"] = float(group["d"]) * learning_rate
     for modality in ("video", "audio"):
         if window[modality]:
             metrics[f"loss_{modality}"] = torch.cat([v.cpu() for v, _ in window[modality]]).mean().item()
