@@ -72,6 +72,10 @@ def test_resume_refuses_a_changed_run(tiny_checkpoints, tmp_path, capsys):
     assert _train(checkpoint, config, tmp_path / "out", "--max_train_steps", "4", "--network_dim", "8",
                   "--resume", str(tmp_path / "out" / "state-step000002")) == 2  # fmt: skip
     assert "cannot resume, the run changed (rank: 4 -> 8" in capsys.readouterr().err
+    # Settings recorded only when they leave their default are compared too.
+    assert _train(checkpoint, config, tmp_path / "out", "--max_train_steps", "4", "--no-first_frame_keyframe",
+                  "--resume", str(tmp_path / "out" / "state-step000002")) == 2  # fmt: skip
+    assert "cannot resume, the run changed (first_frame_keyframe: None -> False)" in capsys.readouterr().err
 
 
 def test_saved_files_keep_the_last_n_and_carry_metadata(tiny_checkpoints, tmp_path):

@@ -230,6 +230,8 @@ def setup(args) -> Run:
         fingerprint["caption_dropout_rates"] = rates
     if args.ema_decay is not None:
         fingerprint["ema_decay"] = args.ema_decay
+    if not args.first_frame_keyframe:  # LTX 2.5's keyframe mark changes the inputs (the default, on, is not recorded)
+        fingerprint["first_frame_keyframe"] = False
     if getattr(spec, "algo", "lora") != "lora":  # DoRA, LoKr, LoHa (networks/lora_ltx2.py)
         fingerprint["adapter"] = {key: getattr(spec, key) for key in ("algo", "factor", "decompose_both")}
     model, optimizer = distributed.prepare(accelerator, model, optimizer, args.blocks_to_swap)
