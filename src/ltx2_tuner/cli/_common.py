@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
@@ -17,11 +18,22 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     try:
         return main(argv)
     except Ltx2TunerError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_message(error)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _message(error: Ltx2TunerError) -> str:
+    """The error's own message. One raised in a DataLoader worker (a cache that changed or holds NaN) comes back from
+    torch with the worker's traceback pasted in front of it; only the message after it is ours."""
+    text = str(error)
+    if "Original Traceback" not in text:
+        return text
+    lines = text.splitlines()
+    last = max(i for i, line in enumerate(lines) if re.match(r"[\w.]+: ", line))  # `ltx2_tuner.errors.X: message`
+    return "\n".join([lines[last].split(": ", 1)[1], *lines[last + 1 :]])
 
 
 # Flags that several commands share, defined once in ltx2_tuner.flags (same name, type, default and help everywhere).

@@ -53,6 +53,7 @@ def debug_dataset(args) -> list[str]:
 
 def _plan(batches: CachedBatches, datasets) -> list[str]:
     lines = []
+    batch_counts = Counter((batch[0].dataset.name, batch[0].shape) for batch in batches.epoch_batches)
     for dataset in datasets:
         items = [item for item in batches.items if item.dataset is dataset]
         groups = Counter(item.shape for item in items)
@@ -61,8 +62,7 @@ def _plan(batches: CachedBatches, datasets) -> list[str]:
         lines.append(f"  {dataset.name}: {len(items)} cached items x {dataset.num_repeats} repeats, batch size "
                      f"{dataset.batch_size}{dropout}")  # fmt: skip
         for shape, count in sorted(groups.items()):
-            samples = count * dataset.num_repeats
-            batch_count = -(-samples // dataset.batch_size)
+            batch_count = batch_counts[(dataset.name, shape)]  # as the epoch is batched (repeats included)
             lines.append(f"    shape {_describe(shape, batches.roles)}: {count} items, {batch_count} batches")
     return lines
 

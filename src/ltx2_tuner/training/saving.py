@@ -40,11 +40,10 @@ def save_checkpoint(run: Run, step: int | None, name_suffix: str = "") -> Path:
     path = ckpt.lora_path(output_dir, name, step)
     backbone = accelerator.unwrap_model(run.model).backbone
     accelerator.wait_for_everyone()
-    with evaluation_weights(run.optimizer):
-        with run.ema.applied() if run.ema else contextlib.nullcontext():
-            _write_lora(run, backbone, path, "ema" if run.ema else None)
-        if run.ema:
-            _write_lora(run, backbone, ckpt.lora_path(output_dir, name, step, raw=True), "raw")
+    with weights_users_get(run):
+        _write_lora(run, backbone, path, "ema" if run.ema else None)
+    if run.ema:  # the trained weights beside the EMA (schedule-free never runs with an EMA: config.py refuses it)
+        _write_lora(run, backbone, ckpt.lora_path(output_dir, name, step, raw=True), "raw")
     if args.save_state and not name_suffix:
         _save_state(run, backbone)
     accelerator.wait_for_everyone()
@@ -86,7 +85,7 @@ def _save_state(run: Run, backbone) -> None:
 
 def lora_metadata(run: Run) -> dict:
     args = run.args
-    metadata = {
+    return {
         "base_model_fingerprint": run.fingerprint["checkpoint"],
         VERSION_KEY: run.model_version,
         "ltx_mode": args.ltx_mode,
@@ -97,4 +96,3 @@ def lora_metadata(run: Run) -> dict:
             {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}, sort_keys=True
         ),
     }
-    return metadata

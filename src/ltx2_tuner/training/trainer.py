@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -309,7 +307,7 @@ def train(args) -> Path:
             loader = DataLoader(share, batch_size=None, num_workers=args.max_data_loader_n_workers)
             window = _new_window()
             waited = time.perf_counter()
-            for batch in _batches(loader):
+            for batch in loader:
                 window["wait"] += time.perf_counter() - waited
                 group = (state.batches_done, run.batches_per_rank, args.gradient_accumulation_steps)
                 steps = acc.ends_group(*group)
@@ -354,25 +352,6 @@ def train(args) -> Path:
     final = save_checkpoint(run, step=None)
     accelerator.print(f"saved {final}")
     return final
-
-
-def _batches(loader: DataLoader) -> Iterator[dict]:
-    """The loader's batches. An error of ours raised in a DataLoader worker (a cache that changed or holds NaN) comes
-    back as its own lines: torch re-raises it with the worker's traceback pasted into the message."""
-    iterator = iter(loader)
-    while True:
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except Ltx2TunerError as error:
-            text = str(error)
-            if "Original Traceback" not in text:
-                raise
-            lines = text.splitlines()
-            last = max(i for i, line in enumerate(lines) if re.match(r"[\w.]+: ", line))
-            raise type(error)("\n".join([lines[last].split(": ", 1)[1], *lines[last + 1 :]])) from None
-        yield batch
 
 
 def _previews(run: Run) -> None:
